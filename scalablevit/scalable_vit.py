@@ -391,8 +391,8 @@ class ScalableViT(nn.Module):
 
         self.patch_embeds = nn.ModuleList()
         self.pos_drops = nn.ModuleList()
+        self.pos_block = nn.ModuleList()  # registered before `stages`: the released state dict's order
         self.stages = nn.ModuleList()
-        self.pos_block = nn.ModuleList()
         self.feature_info: List[Dict[str, Union[int, str]]] = []
         dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))
         prev_dim = in_chans
@@ -515,26 +515,25 @@ class ScalableViT(nn.Module):
         intermediates: List[torch.Tensor] = []
         for i, (embed, drop, blocks, peg) in enumerate(
                 zip(self.patch_embeds, self.pos_drops, self.stages, self.pos_block)):
-            if i > last_index:
-                break
-            x, H, W = embed(x)
-            x = drop(x)
-            for j, blk in enumerate(blocks):
-                if self.grad_checkpointing and not torch.jit.is_scripting():
-                    x = checkpoint(blk, x, H, W)
+            if i <= last_index:  # TorchScript unrolls this loop: no `break`/`continue`
+                x, H, W = embed(x)
+                x = drop(x)
+                for j, blk in enumerate(blocks):
+                    if self.grad_checkpointing and not torch.jit.is_scripting():
+                        x = checkpoint(blk, x, H, W)
+                    else:
+                        x = blk(x, H, W)
+                    if j == 0:
+                        x = peg(x, H, W)
+                if i == final_stage:
+                    x_normed = self.norm(x)
+                    if i in take_indices:
+                        intermediates.append(tokens_to_map(x_normed if norm else x, H, W))
+                    x = x_normed
                 else:
-                    x = blk(x, H, W)
-                if j == 0:
-                    x = peg(x, H, W)
-            if i == final_stage:
-                x_normed = self.norm(x)
-                if i in take_indices:
-                    intermediates.append(tokens_to_map(x_normed if norm else x, H, W))
-                x = x_normed
-            else:
-                x = tokens_to_map(x, H, W)
-                if i in take_indices:
-                    intermediates.append(x)
+                    x = tokens_to_map(x, H, W)
+                    if i in take_indices:
+                        intermediates.append(x)
         return x, intermediates
 
     def forward_intermediates(
