@@ -2,7 +2,7 @@
 
 A PyTorch implementation of:
 * `ScalableViT: Rethinking the Context-oriented Generalization of Vision Transformer`
-  - https://arxiv.org/abs/2203.10790 (ECCV 2022)
+  - https://arxiv.org/abs/2203.10790
 
 Four stages of conv patch embedding followed by blocks that alternate two attentions:
 * Interactive Window Self-Attention (IWSA): attention inside non-overlapping 7x7 windows, plus the
@@ -393,7 +393,7 @@ class ScalableViT(nn.Module):
         self.pos_drops = nn.ModuleList()
         self.pos_block = nn.ModuleList()  # registered before `stages`: the released state dict's order
         self.stages = nn.ModuleList()
-        self.feature_info: List[Dict[str, Union[int, str]]] = []
+        self.feature_info = []
         dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))
         prev_dim = in_chans
         for i in range(num_stages):
