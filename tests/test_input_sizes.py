@@ -5,7 +5,6 @@ import torch.nn.functional as F
 
 from scalablevit.scalable_vit import min_input_size, window_attention
 
-from conftest import create_tiny
 
 
 def reference_window_attention(qkv: torch.Tensor, num_heads: int, window_size: int) -> torch.Tensor:
