@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from scalablevit.scalable_vit import min_input_size, window_attention
 
 
-
 def reference_window_attention(qkv: torch.Tensor, num_heads: int, window_size: int) -> torch.Tensor:
     """Per-window attention over the window's real tokens only, by explicit loops (no padding at all)."""
     B, H, W, C3 = qkv.shape
