@@ -33,7 +33,7 @@ from timm.layers import (
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-__all__ = ['ScalableViT', 'checkpoint_filter_fn']
+__all__ = ['ScalableViT', 'checkpoint_filter_fn', 'compare_state_dict', 'describe_mismatch']
 
 LN_EPS = 1e-6
 SSA_NORM_EPS = 1e-5  # the LayerNorm inside SSA's reduction path uses PyTorch's default eps in the release
@@ -619,28 +619,41 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: ScalableViT
     if isinstance(model.head, nn.Identity):
         cleaned = {k: v for k, v in cleaned.items() if not k.startswith('head.')}
 
-    model_shapes = {k: v.shape for k, v in model.state_dict().items()}
-    mismatched = [
-        f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(model_shapes[k])}'
-        for k, v in cleaned.items()
-        if k in model_shapes and not k.startswith('head.') and v.shape != model_shapes[k]
-    ]
-    if mismatched:
-        missing = sorted(set(model_shapes) - set(cleaned))
-        unexpected = sorted(set(cleaned) - set(model_shapes))
+    shape_errors, missing, unexpected = compare_state_dict(cleaned, model, skip_prefix='head.')
+    if shape_errors:
         raise ValueError(
-            f'Checkpoint does not fit this ScalableViT ({len(mismatched)} tensors differ in shape; is it for '
-            f'another variant?).\n  shape mismatches: {_summarize(mismatched)}\n  missing keys: '
-            f'{_summarize(missing)}\n  unexpected keys: {_summarize(unexpected)}'
+            f'Checkpoint does not fit this ScalableViT ({len(shape_errors)} tensors differ in shape; is it for '
+            f'another variant?)\n{describe_mismatch(shape_errors, missing, unexpected)}'
         )
     return cleaned
 
 
-def _summarize(items: List[str], limit: int = 8) -> str:
-    if not items:
-        return 'none'
-    more = f' ... and {len(items) - limit} more' if len(items) > limit else ''
-    return ', '.join(items[:limit]) + more
+def compare_state_dict(
+        state_dict: Dict[str, torch.Tensor],
+        model: nn.Module,
+        skip_prefix: Optional[str] = None,
+) -> Tuple[List[str], List[str], List[str]]:
+    """(shape mismatches, missing keys, unexpected keys) of `state_dict` against `model`."""
+    model_shapes = {k: v.shape for k, v in model.state_dict().items()}
+    keys = [k for k in state_dict if skip_prefix is None or not k.startswith(skip_prefix)]
+    shape_errors = [
+        f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(model_shapes[k])}'
+        for k in keys if k in model_shapes and state_dict[k].shape != model_shapes[k]
+    ]
+    missing = sorted(k for k in model_shapes
+                     if k not in state_dict and (skip_prefix is None or not k.startswith(skip_prefix)))
+    unexpected = sorted(k for k in keys if k not in model_shapes)
+    return shape_errors, missing, unexpected
+
+
+def describe_mismatch(shape_errors: List[str], missing: List[str], unexpected: List[str], limit: int = 8) -> str:
+    def summarize(items: List[str]) -> str:
+        if not items:
+            return 'none'
+        more = f' ... and {len(items) - limit} more' if len(items) > limit else ''
+        return ', '.join(items[:limit]) + more
+    return (f'  shape mismatches: {summarize(shape_errors)}\n  missing keys: {summarize(missing)}\n'
+            f'  unexpected keys: {summarize(unexpected)}')
 
 
 def _create_scalable_vit(variant: str, pretrained: bool = False, **kwargs) -> ScalableViT:

@@ -1,0 +1,336 @@
+"""ImageNet training, evaluation and throughput for ScalableViT with the DeiT recipe (the paper's Appendix C).
+
+    torchrun --nproc_per_node=8 main.py --model scalable_vit_small --batch-size 128 --data-path PATH --dist-eval \
+        --drop-path 0.2 --output_dir runs/small
+    python main.py --eval --resume CKPT --model scalable_vit_small --data-path PATH
+    python main.py --model scalable_vit_small --data-path PATH --batch-size 64 --throughput
+
+Restarting a killed training command resumes from `--output_dir`/checkpoint.pth and ends with the same weights.
+"""
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+import torch.distributed as dist
+from timm.data import Mixup
+from timm.data.distributed_sampler import RepeatAugSampler
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, NativeScaler, ParseKwargs, get_state_dict
+
+import scalablevit  # noqa: F401  (registers the models in timm)
+
+import utils
+from datasets import UnreadableImageError, build_dataset
+from engine import NonFiniteLossError, evaluate, throughput, train_one_epoch
+
+DEFAULT_DROP_PATH = {'scalable_vit_small': 0.2, 'scalable_vit_base': 0.5, 'scalable_vit_large': 0.5}
+AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'none': None}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser('ScalableViT training and evaluation', add_help=False)
+    parser.add_argument('--batch-size', default=64, type=int, help='per-GPU (per-process) batch size')
+    parser.add_argument('--epochs', default=300, type=int)
+
+    # model
+    parser.add_argument('--model', default='scalable_vit_small', type=str, metavar='MODEL')
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                        help='extra model arguments, e.g. depths="(2,2,2,2)"')
+    parser.add_argument('--input-size', default=224, type=int, help='image size')
+    parser.add_argument('--drop', type=float, default=0.0, metavar='PCT', help='dropout before the classifier')
+    parser.add_argument('--drop-path', type=float, default=None, metavar='PCT',
+                        help='stochastic depth (default: 0.2 for S, 0.5 for B and L)')
+    parser.add_argument('--model-ema', action='store_true', help='keep an exponential moving average')
+    parser.add_argument('--no-model-ema', action='store_false', dest='model_ema')
+    parser.set_defaults(model_ema=False)
+    parser.add_argument('--model-ema-decay', type=float, default=0.99996)
+    parser.add_argument('--model-ema-force-cpu', action='store_true', default=False)
+    parser.add_argument('--amp-dtype', default='bfloat16', choices=sorted(AMP_DTYPES),
+                        help='mixed precision on GPU (ignored on CPU, which trains in float32)')
+
+    # optimizer
+    parser.add_argument('--opt', default='adamw', type=str, metavar='OPTIMIZER')
+    parser.add_argument('--opt-eps', default=1e-8, type=float, metavar='EPSILON')
+    parser.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA')
+    parser.add_argument('--clip-grad', type=float, default=5.0, metavar='NORM', help='0 disables clipping')
+    parser.add_argument('--momentum', type=float, default=0.9, metavar='M')
+    parser.add_argument('--weight-decay', type=float, default=0.05)
+
+    # learning rate schedule
+    parser.add_argument('--sched', default='cosine', type=str, metavar='SCHEDULER')
+    parser.add_argument('--lr', type=float, default=5e-4, metavar='LR',
+                        help='learning rate per 512 images; scaled by the global batch size')
+    parser.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct')
+    parser.add_argument('--lr-noise-pct', type=float, default=0.67, metavar='PERCENT')
+    parser.add_argument('--lr-noise-std', type=float, default=1.0, metavar='STDDEV')
+    parser.add_argument('--warmup-lr', type=float, default=1e-6, metavar='LR')
+    parser.add_argument('--min-lr', type=float, default=1e-5, metavar='LR')
+    parser.add_argument('--decay-epochs', type=float, default=30, metavar='N')
+    parser.add_argument('--warmup-epochs', type=int, default=5, metavar='N')
+    parser.add_argument('--cooldown-epochs', type=int, default=10, metavar='N')
+    parser.add_argument('--patience-epochs', type=int, default=10, metavar='N')
+    parser.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE')
+
+    # augmentation
+    parser.add_argument('--color-jitter', type=float, default=0.3, metavar='PCT')
+    parser.add_argument('--aa', type=str, default='rand-m9-mstd0.5-inc1', metavar='NAME',
+                        help='RandAugment policy ("none" disables it)')
+    parser.add_argument('--smoothing', type=float, default=0.1, help='label smoothing')
+    parser.add_argument('--train-interpolation', type=str, default='bicubic')
+    parser.add_argument('--repeated-aug', action='store_true')
+    parser.add_argument('--no-repeated-aug', action='store_false', dest='repeated_aug')
+    parser.set_defaults(repeated_aug=True)
+    parser.add_argument('--reprob', type=float, default=0.25, metavar='PCT', help='random erase probability')
+    parser.add_argument('--remode', type=str, default='pixel')
+    parser.add_argument('--recount', type=int, default=1)
+    parser.add_argument('--mixup', type=float, default=0.8, help='mixup alpha (0 disables)')
+    parser.add_argument('--cutmix', type=float, default=1.0, help='cutmix alpha (0 disables)')
+    parser.add_argument('--cutmix-minmax', type=float, nargs='+', default=None)
+    parser.add_argument('--mixup-prob', type=float, default=1.0)
+    parser.add_argument('--mixup-switch-prob', type=float, default=0.5)
+    parser.add_argument('--mixup-mode', type=str, default='batch', choices=['batch', 'pair', 'elem'])
+    parser.add_argument('--eval-crop-ratio', default=0.875, type=float, help='eval resize = input / ratio')
+
+    # data, run and distributed settings
+    parser.add_argument('--data-path', default='data/imagenet', type=str, help='folder with train/ and val/')
+    parser.add_argument('--data-set', default='IMNET', choices=['IMNET'], type=str)
+    parser.add_argument('--skip-bad-images', action='store_true',
+                        help='skip (and count) unreadable images instead of stopping')
+    parser.add_argument('--output_dir', default='', help='where to save checkpoints and log.txt')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--seed', default=0, type=int)
+    parser.add_argument('--resume', default='', help='checkpoint to resume or evaluate')
+    parser.add_argument('--start_epoch', default=0, type=int, metavar='N')
+    parser.add_argument('--eval', action='store_true', help='evaluate only')
+    parser.add_argument('--throughput', action='store_true', help='measure inference img/s only')
+    parser.add_argument('--throughput-warmup', default=50, type=int)
+    parser.add_argument('--throughput-iters', default=30, type=int)
+    parser.add_argument('--dist-eval', action='store_true', default=False, help='split evaluation across ranks')
+    parser.add_argument('--num_workers', default=10, type=int)
+    parser.add_argument('--pin-mem', action='store_true')
+    parser.add_argument('--no-pin-mem', action='store_false', dest='pin_mem')
+    parser.set_defaults(pin_mem=torch.cuda.is_available())
+    parser.add_argument('--world_size', default=1, type=int, help='set by the launcher')
+    parser.add_argument('--dist_url', default='env://')
+    parser.add_argument('--local_rank', '--local-rank', default=None, type=int,
+                        help='set by `torch.distributed.launch` without --use_env')
+    return parser
+
+
+def build_train_loader(args, dataset) -> tuple:
+    """DeiT's sampling: repeated augmentation across ranks when distributed, plain shuffling otherwise."""
+    world_size, rank = utils.get_world_size(), utils.get_rank()
+    if args.distributed and args.repeated_aug:
+        sampler = RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True)
+    elif args.distributed:
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True)
+    else:
+        sampler = torch.utils.data.RandomSampler(dataset)
+    loader = torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
+        pin_memory=args.pin_mem, drop_last=True)
+    return sampler, loader
+
+
+def build_val_loader(args, dataset, batch_size: int) -> torch.utils.data.DataLoader:
+    if args.distributed and args.dist_eval:
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=utils.get_world_size(), rank=utils.get_rank(), shuffle=False)
+    else:
+        sampler = torch.utils.data.SequentialSampler(dataset)
+    return torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=batch_size, num_workers=args.num_workers,
+        pin_memory=args.pin_mem, drop_last=False)
+
+
+def create_classifier(args, num_classes: int) -> torch.nn.Module:
+    if not timm.is_model(args.model):
+        raise utils.UserInputError(
+            f'unknown --model {args.model}; ScalableViT models: {timm.list_models("scalable_vit*")} '
+            f'(any timm model name also works)')
+    drop_path = args.drop_path if args.drop_path is not None else DEFAULT_DROP_PATH.get(args.model, 0.1)
+    return timm.create_model(args.model, pretrained=False, num_classes=num_classes, drop_rate=args.drop,
+                             drop_path_rate=drop_path, **args.model_kwargs)
+
+
+def validate_args(args) -> None:
+    if args.batch_size < 1:
+        raise utils.UserInputError('--batch-size must be at least 1')
+    mixup_active = args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
+    if mixup_active and args.mixup_mode == 'batch' and args.batch_size % 2:
+        raise utils.UserInputError(f'--batch-size {args.batch_size} must be even for batch-mode mixup/cutmix')
+
+
+def main(args) -> None:
+    validate_args(args)
+    utils.init_distributed_mode(args)
+    print(args)
+    device = torch.device(args.device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    amp_dtype = AMP_DTYPES[args.amp_dtype] if device.type == 'cuda' else None
+    utils.seed_everything(args.seed + utils.get_rank())
+
+    dataset_val, num_classes = build_dataset(is_train=False, args=args)
+    dataset_train = None
+    if not (args.eval or args.throughput):
+        dataset_train, train_classes = build_dataset(is_train=True, args=args)
+        if dataset_train.classes != dataset_val.classes:
+            only_train = sorted(set(dataset_train.classes) - set(dataset_val.classes))[:5]
+            only_val = sorted(set(dataset_val.classes) - set(dataset_train.classes))[:5]
+            raise utils.UserInputError(f'train/ and val/ class folders differ (only in train: {only_train}; '
+                             f'only in val: {only_val}); both need the same classes.')
+        if len(dataset_train) < args.batch_size * utils.get_world_size():
+            raise utils.UserInputError(f'the training set has {len(dataset_train)} images, fewer than one global batch '
+                             f'({args.batch_size} x {utils.get_world_size()}); lower --batch-size.')
+        sampler_train, loader_train = build_train_loader(args, dataset_train)
+    # DeiT evaluates with 1.5x the training batch; throughput is measured at --batch-size itself
+    loader_val = build_val_loader(args, dataset_val, args.batch_size if args.throughput else int(1.5 * args.batch_size))
+
+    mixup_fn = None
+    if args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None:
+        mixup_fn = Mixup(
+            mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+            prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+            label_smoothing=args.smoothing, num_classes=num_classes)
+
+    print(f'Creating model: {args.model}')
+    model = create_classifier(args, num_classes).to(device)
+    model_without_ddp = model
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f'number of params: {n_parameters}')
+    model_ema = None
+    if args.model_ema:
+        model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
+                               device=torch.device('cpu') if args.model_ema_force_cpu else None)
+    if args.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[args.gpu] if device.type == 'cuda' else None)
+        model_without_ddp = model.module
+
+    args.lr = args.lr * args.batch_size * utils.get_world_size() / 512.0
+    optimizer = create_optimizer_v2(
+        model_without_ddp, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
+        **({'eps': args.opt_eps} if args.opt_eps is not None else {}),
+        **({'betas': tuple(args.opt_betas)} if args.opt_betas else {}))
+    loss_scaler = NativeScaler() if amp_dtype == torch.float16 else None
+    lr_scheduler, _ = create_scheduler_v2(
+        optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
+        cooldown_epochs=args.cooldown_epochs, patience_epochs=args.patience_epochs, decay_rate=args.decay_rate,
+        min_lr=args.min_lr, warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs, noise=args.lr_noise,
+        noise_pct=args.lr_noise_pct, noise_std=args.lr_noise_std, noise_seed=args.seed)
+    if mixup_fn is not None:
+        criterion = SoftTargetCrossEntropy()
+    elif args.smoothing > 0.:
+        criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir is not None and utils.is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        utils.remove_stale_temporaries(output_dir)
+
+    max_accuracy = 0.0
+    resume = args.resume
+    if not resume and output_dir is not None and (output_dir / 'checkpoint.pth').exists():
+        resume = str(output_dir / 'checkpoint.pth')
+    if resume:
+        checkpoint = utils.load_checkpoint_file(resume)
+        utils.load_model_weights(model_without_ddp, checkpoint, resume)
+        print(f'Loaded model weights from {resume}')
+        if not (args.eval or args.throughput) and all(k in checkpoint for k in ('optimizer', 'lr_scheduler', 'epoch')):
+            optimizer.load_state_dict(checkpoint['optimizer'])
+            lr_scheduler.load_state_dict(checkpoint['lr_scheduler'])
+            args.start_epoch = checkpoint['epoch'] + 1
+            max_accuracy = checkpoint.get('max_accuracy', 0.0)
+            if model_ema is not None and checkpoint.get('model_ema') is not None:
+                utils.load_model_weights(model_ema.module, checkpoint['model_ema'], f'{resume} (model_ema)')
+            if loss_scaler is not None and 'scaler' in checkpoint:
+                loss_scaler.load_state_dict(checkpoint['scaler'])
+            rng_states = checkpoint.get('rng', [])
+            if len(rng_states) == utils.get_world_size():
+                utils.restore_rng_state(rng_states[utils.get_rank()])
+            else:
+                print(f'checkpoint has RNG states for {len(rng_states)} processes, this run has '
+                      f'{utils.get_world_size()}: continuing with fresh random streams')
+            lr_scheduler.step(args.start_epoch)
+            print(f'Resuming training at epoch {args.start_epoch}')
+
+    if args.throughput:
+        throughput(loader_val, model_without_ddp, device, amp_dtype, args.throughput_warmup, args.throughput_iters)
+        return
+    if args.eval:
+        test_stats = evaluate(loader_val, model, device, amp_dtype)
+        print(f'Accuracy of the network on the {len(dataset_val)} test images: {test_stats["acc1"]:.1f}%')
+        return
+
+    if output_dir is not None and utils.is_main_process():
+        utils.truncate_log(output_dir, args.start_epoch)
+    print(f'Start training for {args.epochs} epochs')
+    start_time = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        if args.distributed:
+            sampler_train.set_epoch(epoch)
+        train_stats = train_one_epoch(
+            model, criterion, loader_train, optimizer, device, epoch, loss_scaler, amp_dtype,
+            args.clip_grad or None, model_ema, mixup_fn)
+        lr_scheduler.step(epoch + 1)
+        test_stats = evaluate(loader_val, model, device, amp_dtype)
+        print(f'Accuracy of the network on the {len(dataset_val)} test images: {test_stats["acc1"]:.1f}%')
+        is_best = test_stats['acc1'] > max_accuracy
+        max_accuracy = max(max_accuracy, test_stats['acc1'])
+        print(f'Max accuracy: {max_accuracy:.2f}%')
+        if dataset_train.num_skipped:
+            print(f'skipped {dataset_train.num_skipped} unreadable training images so far')
+
+        # Every rank's RNG state goes into the checkpoint, so a resumed run continues each stream exactly.
+        rng_states = [utils.capture_rng_state()]
+        if args.distributed:
+            rng_states = [None] * utils.get_world_size()
+            dist.all_gather_object(rng_states, utils.capture_rng_state())
+        if output_dir is not None and utils.is_main_process():
+            log_stats = {**{f'train_{k}': v for k, v in train_stats.items()},
+                         **{f'test_{k}': v for k, v in test_stats.items()},
+                         'epoch': epoch, 'n_parameters': n_parameters}
+            utils.append_log(output_dir, log_stats)
+            checkpoint = {
+                'model': model_without_ddp.state_dict(),
+                'optimizer': optimizer.state_dict(),
+                'lr_scheduler': lr_scheduler.state_dict(),
+                'epoch': epoch,
+                'model_ema': get_state_dict(model_ema) if model_ema is not None else None,
+                'scaler': loss_scaler.state_dict() if loss_scaler is not None else None,
+                'max_accuracy': max_accuracy,
+                'rng': rng_states,
+                'args': vars(args),
+            }
+            # best first: a kill between the two writes re-runs this epoch, which rewrites the same best
+            if is_best:
+                utils.atomic_save(checkpoint, output_dir / 'checkpoint_best.pth')
+            utils.atomic_save(checkpoint, output_dir / 'checkpoint.pth')
+
+    total_time = datetime.timedelta(seconds=int(time.time() - start_time))
+    print(f'Training time {total_time}')
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser('ScalableViT', parents=[get_args_parser()])
+    arguments = parser.parse_args()
+    try:
+        main(arguments)
+    except (utils.UserInputError, UnreadableImageError) as error:
+        print(f'error: {error}', file=sys.stderr, flush=True)
+        sys.exit(2)
+    except NonFiniteLossError as error:
+        print(f'error: {error}', file=sys.stderr, flush=True)
+        sys.exit(3)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,278 @@
+"""Distributed setup, metric logging, crash-safe checkpoints and RNG state for the classification pipeline."""
+import argparse
+import datetime
+import json
+import os
+import random
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from scalablevit.scalable_vit import checkpoint_filter_fn, compare_state_dict, describe_mismatch
+
+
+class UserInputError(ValueError):
+    """Bad input from the command line or the data: reported as one message, without a traceback."""
+
+
+class SmoothedValue:
+    """A series of values: windowed median/average for the log line, global average for the epoch."""
+
+    def __init__(self, window_size: int = 20, fmt: str = '{median:.4f} ({global_avg:.4f})'):
+        self.deque = deque(maxlen=window_size)
+        self.total = 0.0
+        self.count = 0
+        self.fmt = fmt
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.deque.append(value)
+        self.count += n
+        self.total += value * n
+
+    def synchronize_between_processes(self) -> None:
+        """Sum count and total over all ranks (the window stays local)."""
+        if not is_dist_avail_and_initialized():
+            return
+        t = torch.tensor([self.count, self.total], dtype=torch.float64, device=_collective_device())
+        dist.barrier()
+        dist.all_reduce(t)
+        self.count, self.total = int(t[0].item()), t[1].item()
+
+    @property
+    def median(self) -> float:
+        return torch.tensor(list(self.deque)).median().item()
+
+    @property
+    def avg(self) -> float:
+        return torch.tensor(list(self.deque), dtype=torch.float32).mean().item()
+
+    @property
+    def global_avg(self) -> float:
+        return self.total / max(self.count, 1)
+
+    @property
+    def value(self) -> float:
+        return self.deque[-1]
+
+    def __str__(self) -> str:
+        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg, value=self.value)
+
+
+class MetricLogger:
+    """Named SmoothedValues plus a progress line with ETA every `print_freq` iterations."""
+
+    def __init__(self, delimiter: str = '  '):
+        self.meters = defaultdict(SmoothedValue)
+        self.delimiter = delimiter
+
+    def update(self, **kwargs: float) -> None:
+        for name, value in kwargs.items():
+            if isinstance(value, torch.Tensor):
+                value = value.item()
+            self.meters[name].update(value)
+
+    def add_meter(self, name: str, meter: SmoothedValue) -> None:
+        self.meters[name] = meter
+
+    def synchronize_between_processes(self) -> None:
+        for meter in self.meters.values():
+            meter.synchronize_between_processes()
+
+    def __getattr__(self, name: str) -> SmoothedValue:
+        if name in self.__dict__.get('meters', {}):
+            return self.meters[name]
+        raise AttributeError(name)
+
+    def __str__(self) -> str:
+        return self.delimiter.join(f'{name}: {meter}' for name, meter in self.meters.items())
+
+    def log_every(self, iterable: Iterable, print_freq: int, header: str = '') -> Iterator:
+        total = len(iterable)
+        width = len(str(total))
+        start = end = time.time()
+        iter_time = SmoothedValue(fmt='{avg:.4f}')
+        data_time = SmoothedValue(fmt='{avg:.4f}')
+        for i, obj in enumerate(iterable):
+            data_time.update(time.time() - end)
+            yield obj
+            iter_time.update(time.time() - end)
+            if i % print_freq == 0 or i == total - 1:
+                eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
+                print(f'{header} [{i:>{width}}/{total}]  eta: {eta}  {self}  '
+                      f'time: {iter_time}  data: {data_time}', flush=True)
+            end = time.time()
+        elapsed = datetime.timedelta(seconds=int(time.time() - start))
+        print(f'{header} Total time: {elapsed} ({(time.time() - start) / max(total, 1):.4f} s / it)', flush=True)
+
+
+def is_dist_avail_and_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist_avail_and_initialized() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist_avail_and_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def _collective_device() -> torch.device:
+    return torch.device('cuda') if dist.get_backend() == 'nccl' else torch.device('cpu')
+
+
+def init_distributed_mode(args: argparse.Namespace) -> None:
+    """Join the process group described by torchrun's (or `torch.distributed.launch --use_env`'s) env vars.
+
+    NCCL on GPU, gloo on CPU. Sets args.distributed, args.rank, args.world_size, args.gpu.
+    """
+    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
+        args.distributed, args.rank, args.world_size, args.gpu = False, 0, 1, None
+        return
+    args.rank = int(os.environ['RANK'])
+    args.world_size = int(os.environ['WORLD_SIZE'])
+    args.gpu = int(os.environ.get('LOCAL_RANK', args.local_rank or 0))
+    args.distributed = True
+    use_cuda = args.device.startswith('cuda') and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(args.gpu)
+        args.device = f'cuda:{args.gpu}'
+    backend = 'nccl' if use_cuda else 'gloo'
+    print(f'| distributed init (rank {args.rank} of {args.world_size}, {backend}): {args.dist_url}', flush=True)
+    dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank)
+    dist.barrier()
+    _print_only_on_master(args.rank == 0)
+
+
+def _print_only_on_master(is_master: bool) -> None:
+    """Silence print() on all ranks but 0; `print(..., force=True)` still prints."""
+    import builtins
+    builtin_print = builtins.print
+
+    def print_(*args: Any, **kwargs: Any) -> None:
+        if kwargs.pop('force', False) or is_master:
+            builtin_print(*args, **kwargs)
+
+    builtins.print = print_
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A crash at any moment leaves either the previous file or the new one, never a truncated one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    with open(tmp, 'w') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def remove_stale_temporaries(output_dir: Path) -> None:
+    """Delete temporary files a killed run left behind in the output folder."""
+    for tmp in Path(output_dir).glob('.*.tmp-*'):
+        tmp.unlink()
+
+
+def load_checkpoint_file(path: str) -> Dict[str, Any]:
+    """Load a checkpoint without executing pickled code; argparse.Namespace (released/DeiT args) is allowed."""
+    if not os.path.isfile(path):
+        raise UserInputError(f'checkpoint {path} does not exist')
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            return torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:
+            raise UserInputError(f'cannot read checkpoint {path}: {e}') from e
+
+
+def load_model_weights(model: torch.nn.Module, checkpoint: Dict[str, Any], source: str) -> None:
+    """Load model weights from any supported checkpoint layout, strictly, with an error that names
+    missing, unexpected and shape-mismatched keys (e.g. a checkpoint for another model or class count)."""
+    try:
+        state_dict = checkpoint_filter_fn(checkpoint, model)
+    except ValueError as e:
+        raise UserInputError(f'checkpoint {source}: {e}') from None
+    shape_errors, missing, unexpected = compare_state_dict(state_dict, model)
+    if shape_errors or missing or unexpected:
+        raise UserInputError(
+            f'checkpoint {source} does not fit --model {model.pretrained_cfg["architecture"]} with '
+            f'{model.num_classes} classes (check --model, --nb-classes/--data-path):\n'
+            f'{describe_mismatch(shape_errors, missing, unexpected)}')
+    model.load_state_dict(state_dict, strict=True)
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """Every RNG the training loop draws from, in a form `torch.load(weights_only=True)` accepts."""
+    np_state = np.random.get_state()
+    state = {
+        'python': random.getstate(),
+        'numpy': (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        'torch': torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(_to_tuple(state['python']))
+    kind, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _to_tuple(value: Any) -> Any:
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def append_log(output_dir: Path, stats: Dict[str, Any]) -> None:
+    with open(Path(output_dir) / 'log.txt', 'a') as f:
+        f.write(json.dumps(stats) + '\n')
+
+
+def truncate_log(output_dir: Path, start_epoch: int) -> None:
+    """Drop log lines of epochs that will be trained again (a run killed after logging, before saving)."""
+    log = Path(output_dir) / 'log.txt'
+    if not log.exists():
+        return
+    kept = [line for line in log.read_text().splitlines()
+            if line.strip() and json.loads(line).get('epoch', -1) < start_epoch]
+    atomic_write_text(''.join(line + '\n' for line in kept), log)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
