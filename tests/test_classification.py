@@ -1,0 +1,291 @@
+"""classification/: distributed training, evaluation, throughput, crash-safe resume and clear errors, on CPU."""
+import argparse
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+CLASSIFICATION = Path(__file__).resolve().parents[1] / 'classification'
+sys.path.insert(0, str(CLASSIFICATION))
+
+import datasets as cls_datasets  # noqa: E402
+import main as cls_main  # noqa: E402
+import utils as cls_utils  # noqa: E402
+from make_demo_dataset import make_dataset  # noqa: E402
+
+TINY_MODEL = ['--model', 'scalable_vit_small', '--model-kwargs', 'embed_dims=(16,32,64,128)',
+              'num_heads=(1,2,4,8)', 'depths=(2,2,2,2)', 'classifier_hidden_dim=64', '--input-size', '32']
+FAST = ['--batch-size', '8', '--warmup-epochs', '1', '--lr', '4e-3', '--device', 'cpu']
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=16, val_per_class=8,
+                        size=32)
+
+
+def run(args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    return subprocess.run(args, cwd=CLASSIFICATION, capture_output=True, text=True, timeout=timeout, env=env,
+                          **kwargs)
+
+
+def train_command(data, out, epochs, *extra):
+    return [sys.executable, 'main.py', *TINY_MODEL, *FAST, '--data-path', str(data), '--output_dir', str(out),
+            '--epochs', str(epochs), '--num_workers', '1', *extra]
+
+
+def run_in_process(argv):
+    args = argparse.ArgumentParser(parents=[cls_main.get_args_parser()]).parse_args(argv)
+    cls_main.main(args)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_ddp_two_processes_gloo(data, tmp_path):
+    out = tmp_path / 'ddp'
+    result = run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29561',
+                  'main.py', *TINY_MODEL, *FAST, '--data-path', str(data), '--output_dir', str(out),
+                  '--epochs', '2', '--num_workers', '0', '--dist-eval', '--model-ema'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'distributed init (rank 0 of 2, gloo)' in result.stdout
+    logs = [json.loads(line) for line in (out / 'log.txt').read_text().splitlines()]
+    assert [row['epoch'] for row in logs] == [0, 1]
+    checkpoint = torch.load(out / 'checkpoint.pth', weights_only=True)
+    assert checkpoint['epoch'] == 1 and len(checkpoint['rng']) == 2 and checkpoint['model_ema'] is not None
+    # repeated augmentation: each rank sees 64 * 3 / 2 samples -> floor(64 / 2) = 32 selected, 4 steps of 8
+    assert 'Epoch: [0] [3/4]' in result.stdout
+
+
+def test_legacy_launcher_use_env(data, tmp_path):
+    result = run([sys.executable, '-m', 'torch.distributed.launch', '--use_env', '--nproc_per_node=1',
+                  '--master_port=29562', 'main.py', *TINY_MODEL, *FAST, '--data-path', str(data),
+                  '--output_dir', str(tmp_path / 'legacy'), '--epochs', '1', '--num_workers', '0'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'distributed init (rank 0 of 1, gloo)' in result.stdout
+
+
+@pytest.fixture(scope='module')
+def trained(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp('trained')
+    result = run(train_command(data, out, 2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_evaluate_saved_checkpoint(data, trained):
+    result = run([sys.executable, 'main.py', *TINY_MODEL, '--device', 'cpu', '--data-path', str(data),
+                  '--eval', '--resume', str(trained / 'checkpoint.pth'), '--num_workers', '0'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = json.loads((trained / 'log.txt').read_text().splitlines()[-1])
+    assert f"* Acc@1 {last['test_acc1']:.3f} Acc@5 {last['test_acc5']:.3f} loss {last['test_loss']:.3f}" \
+        in result.stdout
+
+
+def test_evaluate_released_format_checkpoint(data, trained, tmp_path, capsys):
+    """The released checkpoints hold {'model': state_dict} (plus DeiT's argparse args)."""
+    weights = torch.load(trained / 'checkpoint.pth', weights_only=True)['model']
+    released = tmp_path / 'released.pth'
+    torch.save({'model': weights, 'args': argparse.Namespace(model='scalable_vit_small')}, released)
+    run_in_process([*TINY_MODEL, '--device', 'cpu', '--data-path', str(data), '--eval', '--resume', str(released),
+                    '--num_workers', '0'])
+    last = json.loads((trained / 'log.txt').read_text().splitlines()[-1])
+    assert f"* Acc@1 {last['test_acc1']:.3f}" in capsys.readouterr().out
+
+
+def test_throughput_mode(data, capsys):
+    run_in_process([*TINY_MODEL, '--device', 'cpu', '--data-path', str(data), '--batch-size', '16',
+                    '--throughput', '--throughput-warmup', '2', '--throughput-iters', '3', '--num_workers', '0'])
+    out = capsys.readouterr().out
+    assert 'batch_size 16 throughput' in out
+    assert float(out.split('throughput ')[1].split(' img/s')[0]) > 0
+
+
+def test_killed_runs_resume_to_bit_identical_weights(data, tmp_path):
+    """SIGKILL at several points (mid-epoch, during start-up), restart the same command each time: the
+    final checkpoint and log equal those of an uninterrupted run, bit for bit."""
+    epochs = 4
+    reference = tmp_path / 'reference'
+    result = run(train_command(data, reference, epochs, '--model-ema'))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    out = tmp_path / 'killed'
+    command = train_command(data, out, epochs, '--model-ema')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    kills = 0
+    for wait in ('after-epoch-0', 'after-epoch-1', 2.0):
+        process = subprocess.Popen(command, cwd=CLASSIFICATION, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, env=env)
+        deadline = time.time() + 120
+        if isinstance(wait, str):  # kill shortly after the given epoch's checkpoint lands, i.e. mid-epoch
+            target = int(wait.rsplit('-', 1)[1])
+            while time.time() < deadline and process.poll() is None:
+                ckpt = out / 'checkpoint.pth'
+                if ckpt.exists() and torch.load(ckpt, weights_only=True)['epoch'] >= target:
+                    break
+                time.sleep(0.05)
+            time.sleep(0.3)
+        else:
+            time.sleep(wait)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+    assert kills >= 2
+    result = run(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'Resuming training at epoch' in result.stdout
+
+    final, expected = (torch.load(d / 'checkpoint.pth', weights_only=True) for d in (out, reference))
+    assert final['epoch'] == expected['epoch'] == epochs - 1
+    for part in ('model', 'model_ema'):
+        for key, value in expected[part].items():
+            assert torch.equal(final[part][key], value), f'{part}.{key}'
+    for index, state in expected['optimizer']['state'].items():
+        for name, value in state.items():
+            assert torch.equal(final['optimizer']['state'][index][name], value)
+    assert (out / 'log.txt').read_text() == (reference / 'log.txt').read_text()
+    assert not list(out.glob('.*.tmp-*'))
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(data, trained, tmp_path, monkeypatch):
+    out = tmp_path / 'nan'
+    out.mkdir()
+    for name in ('checkpoint.pth', 'log.txt'):
+        (out / name).write_bytes((trained / name).read_bytes())
+    before = {name: file_digest(out / name) for name in ('checkpoint.pth', 'log.txt')}
+
+    class NaNLoss(torch.nn.Module):
+        def forward(self, outputs, targets):
+            return outputs.sum() * float('nan')
+
+    monkeypatch.setattr(cls_main, 'SoftTargetCrossEntropy', NaNLoss)
+    with pytest.raises(cls_main.NonFiniteLossError, match='loss is nan at epoch 2, step 0'):
+        run_in_process([*TINY_MODEL, *FAST, '--data-path', str(data), '--output_dir', str(out), '--epochs', '4',
+                        '--num_workers', '0'])
+    assert {name: file_digest(out / name) for name in before} == before
+
+
+def test_non_finite_loss_exit_code(data, trained, tmp_path):
+    """From the command line: exit status 3 and a message, not a traceback."""
+    out = tmp_path / 'nan_cli'
+    out.mkdir()
+    checkpoint = torch.load(trained / 'checkpoint.pth', weights_only=True)
+    checkpoint['model'] = {k: torch.full_like(v, float('nan')) for k, v in checkpoint['model'].items()}
+    torch.save(checkpoint, out / 'checkpoint.pth')
+    before = file_digest(out / 'checkpoint.pth')
+    result = run(train_command(data, out, 4))
+    assert result.returncode == 3
+    assert 'error: loss is nan at epoch 2' in result.stderr and 'Traceback' not in result.stderr
+    assert file_digest(out / 'checkpoint.pth') == before
+
+
+@pytest.mark.parametrize('problem, message', [
+    ('missing_path', 'does not exist: point it at the folder holding train/ and val/'),
+    ('no_val', 'must contain train/ and val/ folders'),
+    ('flat_layout', 'has no class folders: images must be in train/<class>/<image>'),
+    ('empty_class', 'class folders without images'),
+    ('class_mismatch', 'train/ and val/ class folders differ'),
+    ('unknown_model', 'unknown --model no_such_model'),
+    ('odd_batch', 'must be even for batch-mode mixup/cutmix'),
+])
+def test_bad_input_is_reported_clearly(data, tmp_path, problem, message):
+    root = tmp_path / 'bad'
+    if problem != 'missing_path':
+        make_dataset(root, num_classes=2, train_per_class=8, val_per_class=2, size=32)
+    extra = []
+    if problem == 'no_val':
+        for f in (root / 'val').rglob('*'):
+            if f.is_file():
+                f.unlink()
+        for d in sorted((root / 'val').rglob('*'), reverse=True):
+            d.rmdir()
+        (root / 'val').rmdir()
+    elif problem == 'flat_layout':
+        for f in (root / 'train' / 'class_00').iterdir():
+            f.rename(root / 'train' / f'loose_{f.name}')
+        for d in (root / 'train').iterdir():
+            if d.is_dir():
+                for f in d.iterdir():
+                    f.unlink()
+                d.rmdir()
+    elif problem == 'empty_class':
+        (root / 'train' / 'class_05').mkdir()
+    elif problem == 'class_mismatch':
+        (root / 'val' / 'class_01').rename(root / 'val' / 'class_09')
+    elif problem == 'unknown_model':
+        extra = ['--model', 'no_such_model']
+    elif problem == 'odd_batch':
+        extra = ['--batch-size', '7']
+    with pytest.raises(cls_utils.UserInputError, match=message.replace('(', r'\(').replace(')', r'\)')):
+        run_in_process([*TINY_MODEL, *FAST, '--data-path', str(root), '--epochs', '1', '--num_workers', '0',
+                        *extra])
+
+
+def test_bad_input_exit_code_and_message(tmp_path):
+    result = run([sys.executable, 'main.py', *TINY_MODEL, *FAST, '--data-path', str(tmp_path / 'nowhere')])
+    assert result.returncode == 2
+    assert result.stderr.startswith('error: --data-path') and 'Traceback' not in result.stderr
+
+
+def test_checkpoint_for_another_model_names_keys(data, trained):
+    with pytest.raises(cls_utils.UserInputError, match=r'another variant') as error:
+        run_in_process(['--model', 'scalable_vit_small', '--device', 'cpu', '--data-path', str(data), '--eval',
+                        '--resume', str(trained / 'checkpoint.pth'), '--num_workers', '0'])
+    assert 'patch_embeds.0.proj.weight: checkpoint (16, 3, 7, 7) vs model (64, 3, 7, 7)' in str(error.value)
+
+
+def test_checkpoint_for_another_class_count_names_keys(data, trained, tmp_path):
+    root = make_dataset(tmp_path / 'three', num_classes=3, train_per_class=8, val_per_class=2, size=32)
+    with pytest.raises(cls_utils.UserInputError, match='with 3 classes') as error:
+        run_in_process([*TINY_MODEL, '--device', 'cpu', '--data-path', str(root), '--eval',
+                        '--resume', str(trained / 'checkpoint.pth'), '--num_workers', '0'])
+    assert 'head.3.weight: checkpoint (4, 64) vs model (3, 64)' in str(error.value)
+
+
+def test_missing_checkpoint(data):
+    with pytest.raises(cls_utils.UserInputError, match='checkpoint /no/such.pth does not exist'):
+        run_in_process([*TINY_MODEL, '--device', 'cpu', '--data-path', str(data), '--eval',
+                        '--resume', '/no/such.pth', '--num_workers', '0'])
+
+
+@pytest.mark.parametrize('mode', ['L', 'RGBA', 'CMYK', 'P', 'I;16'])
+def test_non_rgb_images_are_converted(tmp_path, mode):
+    path = tmp_path / ('image.tiff' if mode in ('CMYK', 'I;16') else 'image.png')
+    Image.new(mode, (10, 12)).save(path)
+    image = cls_datasets.load_rgb(str(path))
+    assert image.mode == 'RGB' and image.size == (10, 12)
+
+
+def test_unreadable_image_named_or_skipped(tmp_path, capsys):
+    root = make_dataset(tmp_path / 'broken', num_classes=2, train_per_class=8, val_per_class=2, size=32)
+    broken = root / 'train' / 'class_01' / '0003.jpg'
+    broken.write_bytes(b'not an image')
+    Image.new('L', (32, 32), 128).save(root / 'train' / 'class_00' / 'gray.png')
+    Image.new('RGBA', (32, 32)).save(root / 'train' / 'class_00' / 'alpha.png')
+    # batch 2 without drop-outs of the last partial batch: every image is visited in the epoch
+    argv = [*TINY_MODEL, *FAST, '--batch-size', '2', '--data-path', str(root), '--epochs', '1',
+            '--num_workers', '0']
+    with pytest.raises(cls_datasets.UnreadableImageError, match=f'cannot read image {broken}'):
+        run_in_process(argv)
+    with pytest.warns(UserWarning, match='skipped an unreadable image'):
+        run_in_process(argv + ['--skip-bad-images'])
+    assert 'skipped 1 unreadable training images so far' in capsys.readouterr().out
+
+
+def test_plot_logs(trained, tmp_path):
+    result = run([sys.executable, 'plot_logs.py', str(trained / 'log.txt'), '--out', str(tmp_path / 'c.png')])
+    assert result.returncode == 0, result.stderr
+    image = np.asarray(Image.open(tmp_path / 'c.png').convert('L'))
+    assert image.shape[1] > 1000 and len(np.unique(image)) > 10
