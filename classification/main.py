@@ -159,6 +159,25 @@ def create_classifier(args, num_classes: int) -> torch.nn.Module:
                              drop_path_rate=drop_path, **args.model_kwargs)
 
 
+def restore_training_state(checkpoint, source, optimizer, lr_scheduler, model_ema, loss_scaler) -> tuple:
+    """Restore optimizer, scheduler, EMA, scaler and RNG states; return (start epoch, best accuracy so far)."""
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    lr_scheduler.load_state_dict(checkpoint['lr_scheduler'])
+    if model_ema is not None and checkpoint.get('model_ema') is not None:
+        utils.load_model_weights(model_ema.module, checkpoint['model_ema'], f'{source} (model_ema)')
+    if loss_scaler is not None and checkpoint.get('scaler') is not None:
+        loss_scaler.load_state_dict(checkpoint['scaler'])
+    rng_states = checkpoint.get('rng', [])
+    if len(rng_states) == utils.get_world_size():
+        utils.restore_rng_state(rng_states[utils.get_rank()])
+    else:
+        print(f'checkpoint has RNG states for {len(rng_states)} processes, this run has '
+              f'{utils.get_world_size()}: continuing with fresh random streams')
+    start_epoch = checkpoint['epoch'] + 1
+    lr_scheduler.step(start_epoch)  # the learning rate the uninterrupted run would use next
+    return start_epoch, checkpoint.get('max_accuracy', 0.0)
+
+
 def validate_args(args) -> None:
     if args.batch_size < 1:
         raise utils.UserInputError('--batch-size must be at least 1')
@@ -237,30 +256,17 @@ def main(args) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
         utils.remove_stale_temporaries(output_dir)
 
-    max_accuracy = 0.0
     resume = args.resume
     if not resume and output_dir is not None and (output_dir / 'checkpoint.pth').exists():
         resume = str(output_dir / 'checkpoint.pth')
+    max_accuracy = 0.0
     if resume:
         checkpoint = utils.load_checkpoint_file(resume)
         utils.load_model_weights(model_without_ddp, checkpoint, resume)
         print(f'Loaded model weights from {resume}')
         if not (args.eval or args.throughput) and all(k in checkpoint for k in ('optimizer', 'lr_scheduler', 'epoch')):
-            optimizer.load_state_dict(checkpoint['optimizer'])
-            lr_scheduler.load_state_dict(checkpoint['lr_scheduler'])
-            args.start_epoch = checkpoint['epoch'] + 1
-            max_accuracy = checkpoint.get('max_accuracy', 0.0)
-            if model_ema is not None and checkpoint.get('model_ema') is not None:
-                utils.load_model_weights(model_ema.module, checkpoint['model_ema'], f'{resume} (model_ema)')
-            if loss_scaler is not None and 'scaler' in checkpoint:
-                loss_scaler.load_state_dict(checkpoint['scaler'])
-            rng_states = checkpoint.get('rng', [])
-            if len(rng_states) == utils.get_world_size():
-                utils.restore_rng_state(rng_states[utils.get_rank()])
-            else:
-                print(f'checkpoint has RNG states for {len(rng_states)} processes, this run has '
-                      f'{utils.get_world_size()}: continuing with fresh random streams')
-            lr_scheduler.step(args.start_epoch)
+            args.start_epoch, max_accuracy = restore_training_state(
+                checkpoint, resume, optimizer, lr_scheduler, model_ema, loss_scaler)
             print(f'Resuming training at epoch {args.start_epoch}')
 
     if args.throughput:
@@ -296,10 +302,9 @@ def main(args) -> None:
             rng_states = [None] * utils.get_world_size()
             dist.all_gather_object(rng_states, utils.capture_rng_state())
         if output_dir is not None and utils.is_main_process():
-            log_stats = {**{f'train_{k}': v for k, v in train_stats.items()},
-                         **{f'test_{k}': v for k, v in test_stats.items()},
-                         'epoch': epoch, 'n_parameters': n_parameters}
-            utils.append_log(output_dir, log_stats)
+            utils.append_log(output_dir, {**{f'train_{k}': v for k, v in train_stats.items()},
+                                          **{f'test_{k}': v for k, v in test_stats.items()},
+                                          'epoch': epoch, 'n_parameters': n_parameters})
             checkpoint = {
                 'model': model_without_ddp.state_dict(),
                 'optimizer': optimizer.state_dict(),
