@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from scalablevit import checkpoint as checkpoint_io
 from scalablevit.scalable_vit import checkpoint_filter_fn, compare_state_dict, describe_mismatch
 
 
@@ -205,14 +206,10 @@ def remove_stale_temporaries(output_dir: Path) -> None:
 
 
 def load_checkpoint_file(path: str) -> Dict[str, Any]:
-    """Load a checkpoint without executing pickled code; argparse.Namespace (released/DeiT args) is allowed."""
-    if not os.path.isfile(path):
-        raise UserInputError(f'checkpoint {path} does not exist')
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        try:
-            return torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e:
-            raise UserInputError(f'cannot read checkpoint {path}: {e}') from e
+    try:
+        return checkpoint_io.load_checkpoint_file(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserInputError(str(e)) from None
 
 
 def load_model_weights(model: torch.nn.Module, checkpoint: Dict[str, Any], source: str) -> None:

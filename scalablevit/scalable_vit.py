@@ -33,7 +33,7 @@ from timm.layers import (
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-__all__ = ['ScalableViT', 'checkpoint_filter_fn', 'compare_state_dict', 'describe_mismatch']
+__all__ = ['ARCH_SETTINGS', 'ScalableViT', 'checkpoint_filter_fn', 'compare_state_dict', 'describe_mismatch']
 
 LN_EPS = 1e-6
 SSA_NORM_EPS = 1e-5  # the LayerNorm inside SSA's reduction path uses PyTorch's default eps in the release
@@ -687,25 +687,27 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+# The released variants; `ScalableViT`'s defaults are the small model.
+ARCH_SETTINGS = {
+    'small': dict(embed_dims=(64, 128, 256, 512), num_heads=(2, 4, 8, 16), depths=(2, 2, 20, 2),
+                  channel_ratios=(1.25, 1.25, 1.25, 1.)),
+    'base': dict(embed_dims=(96, 192, 384, 768), num_heads=(3, 6, 12, 24), depths=(2, 2, 14, 6),
+                 channel_ratios=(2., 1.25, 1.25, 1.)),
+    'large': dict(embed_dims=(128, 256, 512, 1024), num_heads=(4, 8, 16, 32), depths=(2, 6, 12, 4),
+                  channel_ratios=(0.25, 0.5, 1., 1.)),
+}
+
+
 @register_model
 def scalable_vit_small(pretrained: bool = False, **kwargs) -> ScalableViT:
-    model_args = dict(
-        embed_dims=(64, 128, 256, 512), num_heads=(2, 4, 8, 16), depths=(2, 2, 20, 2),
-        channel_ratios=(1.25, 1.25, 1.25, 1.))
-    return _create_scalable_vit('scalable_vit_small', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_scalable_vit('scalable_vit_small', pretrained, **dict(ARCH_SETTINGS['small'], **kwargs))
 
 
 @register_model
 def scalable_vit_base(pretrained: bool = False, **kwargs) -> ScalableViT:
-    model_args = dict(
-        embed_dims=(96, 192, 384, 768), num_heads=(3, 6, 12, 24), depths=(2, 2, 14, 6),
-        channel_ratios=(2., 1.25, 1.25, 1.))
-    return _create_scalable_vit('scalable_vit_base', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_scalable_vit('scalable_vit_base', pretrained, **dict(ARCH_SETTINGS['base'], **kwargs))
 
 
 @register_model
 def scalable_vit_large(pretrained: bool = False, **kwargs) -> ScalableViT:
-    model_args = dict(
-        embed_dims=(128, 256, 512, 1024), num_heads=(4, 8, 16, 32), depths=(2, 6, 12, 4),
-        channel_ratios=(0.25, 0.5, 1., 1.))
-    return _create_scalable_vit('scalable_vit_large', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_scalable_vit('scalable_vit_large', pretrained, **dict(ARCH_SETTINGS['large'], **kwargs))

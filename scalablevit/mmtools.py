@@ -1,0 +1,87 @@
+"""Train/test drivers shared by `detection/` and `segmentation/`: mmengine's Runner behind the original
+command lines (`train.py CONFIG [--resume]`, `test.py CONFIG CKPT [--eval METRICS]`)."""
+import argparse
+import os
+import os.path as osp
+from typing import Callable, List, Optional
+
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+LAUNCHERS = ['none', 'pytorch', 'slurm', 'mpi']
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--work-dir', help='where logs and checkpoints go (default: ./work_dirs/CONFIG_NAME)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. model.backbone.init_cfg=None')
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    if not osp.isfile(args.config):
+        raise SystemExit(f'error: config {args.config} does not exist')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return cfg
+
+
+def train(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description='Train a model from a config')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate by (total batch size / the config\'s base_batch_size)')
+    parser.add_argument('--resume', nargs='?', const='auto', default=None,
+                        help='resume from CHECKPOINT, or from the latest checkpoint in the work dir if omitted')
+    _common_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = _load_config(args)
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise SystemExit('error: --auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    Runner.from_cfg(cfg).train()
+
+
+def test(
+        argv: Optional[List[str]] = None,
+        add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+        adjust_config: Optional[Callable[[Config, argparse.Namespace], None]] = None,
+        after_build: Optional[Callable[[Runner, argparse.Namespace], None]] = None,
+) -> dict:
+    """Evaluate CHECKPOINT with the config's test loop; the hooks add task-specific options
+    (`--eval` metric names, test-time augmentation, result dumps)."""
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a checkpoint')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    _common_arguments(parser)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    if not osp.isfile(args.checkpoint):
+        raise SystemExit(f'error: checkpoint {args.checkpoint} does not exist')
+    cfg = _load_config(args)
+    cfg.load_from = args.checkpoint
+    if adjust_config is not None:
+        adjust_config(cfg, args)
+    runner = Runner.from_cfg(cfg)
+    if after_build is not None:
+        after_build(runner, args)
+    return runner.test()
