@@ -1,0 +1,28 @@
+# Settings shared by the CPU smoke configs: a narrow ScalableViT and small-scale pipelines for the dataset
+# that make_demo_coco.py generates. Only `demo_*` names, so this file can sit beside a model config in _base_.
+demo_data_root = 'data/demo_coco/'
+demo_metainfo = dict(classes=('disc', 'square', 'triangle'))
+demo_arch = dict(_delete_=True, embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8), depths=(2, 2, 2, 2),
+                 channel_ratios=(2., 1.25, 0.5, 1.))
+demo_train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(160, 128), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+demo_test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(160, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+demo_train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=demo_data_root, metainfo=demo_metainfo, ann_file='annotations/instances_train2017.json',
+                 data_prefix=dict(img='train2017/'), pipeline=demo_train_pipeline))
+demo_val_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=demo_data_root, metainfo=demo_metainfo, ann_file='annotations/instances_val2017.json',
+                 data_prefix=dict(img='val2017/'), pipeline=demo_test_pipeline))
+demo_evaluator = dict(ann_file=demo_data_root + 'annotations/instances_val2017.json')

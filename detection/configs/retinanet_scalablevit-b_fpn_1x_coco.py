@@ -1,0 +1,9 @@
+# RetinaNet + ScalableViT-B, 1x schedule.
+_base_ = './retinanet_scalablevit-s_fpn_1x_coco.py'
+
+model = dict(
+    backbone=dict(
+        arch='base',
+        drop_path_rate=0.3,
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/scalable_vit_base.pth')),
+    neck=dict(in_channels=[96, 192, 384, 768]))
