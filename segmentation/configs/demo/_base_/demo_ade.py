@@ -1,0 +1,21 @@
+# Settings shared by the CPU smoke configs: a narrow ScalableViT and small-scale pipelines for the dataset
+# that make_demo_ade.py generates. Only `demo_*` names, so this file can sit beside a model config in _base_.
+demo_data_root = 'data/demo_ade/ADEChallengeData2016'
+demo_crop_size = (64, 64)
+demo_arch = dict(_delete_=True, embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8), depths=(2, 2, 2, 2),
+                 channel_ratios=(2., 1.25, 0.5, 1.))
+demo_train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(512, 96), ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=demo_crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+demo_test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(512, 96), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
