@@ -1,15 +1,46 @@
 #!/usr/bin/env bash
-# Set up the project on a fresh machine: a virtual environment in .venv with the exact tested
-# versions (requirements.txt) and the scalablevit package installed in editable mode.
+# Set up the project on a fresh machine: a virtual environment in .venv with the exact tested versions
+# (requirements.txt), mmcv built from source with its compiled ops, and the scalablevit package (editable).
 # Re-running it is cheap: an existing .venv is reused and only what changed is installed.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
+MMCV_VERSION=2.1.0
 
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt -e .
-"$VENV/bin/python" -c "import scalablevit, timm, torch; print(f'scalablevit {scalablevit.__version__}, timm {timm.__version__}, torch {torch.__version__}: ready')"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install --quiet -r requirements.txt -e .
+
+# mmcv 2.1.0 (what mmdet 3.3 and mmseg 1.2 accept) publishes no wheels for this torch, so it is compiled here:
+# CPU ops, plus CUDA ops when torch sees a GPU and nvcc is installed. The wheel is cached per torch, Python
+# and ops flavour ($SCALABLEVIT_CACHE, default ~/.cache/scalablevit); without the cache it is rebuilt
+# (about 10 minutes on 2 cores).
+if ! "$VENV/bin/python" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
+    flavour=$("$VENV/bin/python" -c "
+import sys, torch, shutil
+ops = 'cuda' if torch.cuda.is_available() and shutil.which('nvcc') else 'cpu'
+print(f'torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{ops}')")
+    cache="${SCALABLEVIT_CACHE:-$HOME/.cache/scalablevit}/mmcv-$MMCV_VERSION-$flavour"
+    wheel=$(ls "$cache"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
+    if [ -z "$wheel" ]; then
+        echo "Building mmcv $MMCV_VERSION with ops ($flavour); this takes a while ..."
+        build_dir=$(mktemp -d)
+        MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" wheel --quiet --no-build-isolation --no-deps \
+            -w "$build_dir" "mmcv==$MMCV_VERSION"
+        mkdir -p "$cache"
+        built=$(ls "$build_dir"/mmcv-*.whl)
+        mv "$built" "$cache/$(basename "$built").part" && mv "$cache/$(basename "$built").part" "$cache/$(basename "$built")"
+        rm -rf "$build_dir"
+        wheel="$cache/$(basename "$built")"
+    fi
+    "${PIP[@]}" install --quiet --no-deps --force-reinstall "$wheel"
+fi
+
+"$VENV/bin/python" -c "
+import scalablevit, timm, torch, mmcv, mmcv.ops, mmdet, mmseg
+print(f'scalablevit {scalablevit.__version__}, timm {timm.__version__}, torch {torch.__version__}, '
+      f'mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}, mmseg {mmseg.__version__}: ready')"
