@@ -29,11 +29,14 @@ print(f'torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{o
     if [ -z "$wheel" ]; then
         echo "Building mmcv $MMCV_VERSION with ops ($flavour); this takes a while ..."
         build_dir=$(mktemp -d)
-        MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" wheel --quiet --no-build-isolation --no-deps \
-            -w "$build_dir" "mmcv==$MMCV_VERSION"
+        # --no-cache-dir: pip's own wheel cache ignores which torch a wheel was compiled against
+        MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" wheel --quiet --no-cache-dir \
+            --no-build-isolation --no-deps -w "$build_dir" "mmcv==$MMCV_VERSION"
         mkdir -p "$cache"
         built=$(ls "$build_dir"/mmcv-*.whl)
-        mv "$built" "$cache/$(basename "$built").part" && mv "$cache/$(basename "$built").part" "$cache/$(basename "$built")"
+        # copy under a temporary name, then rename: an interrupted setup never leaves a partial wheel cached
+        cp "$built" "$cache/$(basename "$built").part"
+        mv "$cache/$(basename "$built").part" "$cache/$(basename "$built")"
         rm -rf "$build_dir"
         wheel="$cache/$(basename "$built")"
     fi
