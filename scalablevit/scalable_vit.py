@@ -66,13 +66,12 @@ def attend(
 
 def window_padding_mask(height: int, width: int, window_size: int, device: torch.device) -> torch.Tensor:
     """Boolean key mask for padded windows: (num_windows, window_size²), True on real tokens."""
-    padded_h = (height + window_size - 1) // window_size * window_size
-    padded_w = (width + window_size - 1) // window_size * window_size
-    rows = torch.arange(padded_h, device=device) < height
-    cols = torch.arange(padded_w, device=device) < width
+    nh, nw = (height + window_size - 1) // window_size, (width + window_size - 1) // window_size
+    rows = torch.arange(nh * window_size, device=device) < height
+    cols = torch.arange(nw * window_size, device=device) < width
     valid = rows[:, None] & cols[None, :]
     # Hp, Wp -> nH, M, nW, M -> nH * nW, M * M (window order matches `window_attention`)
-    valid = valid.view(padded_h // window_size, window_size, padded_w // window_size, window_size)
+    valid = valid.view(nh, window_size, nw, window_size)
     return valid.transpose(1, 2).reshape(-1, window_size * window_size)
 
 
@@ -99,14 +98,19 @@ def window_attention(
     B, H, W, C3 = qkv.shape
     C = C3 // 3
     M = window_size
-    pad_b = (M - H % M) % M
-    pad_r = (M - W % M) % M
+    nh, nw = (H + M - 1) // M, (W + M - 1) // M  # windows per column / row
+    pad_b, pad_r = nh * M - H, nw * M - W  # written so that symbolic shapes see Hp = nh * M
+    # torch.export (ONNX) traces one graph for every size: pad and mask unconditionally there (a zero pad and
+    # an all-true mask change nothing); eager runs skip both when the map fits the windows.
+    exporting = False
+    if not torch.jit.is_scripting():
+        exporting = torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    padded = exporting or pad_b > 0 or pad_r > 0
     attn_mask: Optional[torch.Tensor] = None
-    if pad_b > 0 or pad_r > 0:
+    if padded:
         qkv = F.pad(qkv, (0, 0, 0, pad_r, 0, pad_b))
         attn_mask = window_padding_mask(H, W, M, qkv.device)
-    Hp, Wp = H + pad_b, W + pad_r
-    nh, nw = Hp // M, Wp // M
+    Hp, Wp = nh * M, nw * M
     # B, Hp, Wp, 3C -> B, nh, M, nw, M, 3, heads, d -> 3, B * nh * nw, heads, M * M, d
     qkv = qkv.view(B, nh, M, nw, M, 3, num_heads, C // num_heads)
     qkv = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B * nh * nw, num_heads, M * M, C // num_heads)
@@ -117,7 +121,7 @@ def window_attention(
     x = attend(q, k, v, scale, attn_mask, dropout_p, fused)
     # B * nh * nw, heads, M * M, d -> B, nh, M, nw, M, heads, d -> B, Hp, Wp, C
     x = x.view(B, nh, nw, num_heads, M, M, C // num_heads).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
-    if pad_b > 0 or pad_r > 0:
+    if padded:
         x = x[:, :H, :W, :]
     return x.reshape(B, H * W, C)
 
