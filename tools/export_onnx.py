@@ -1,0 +1,91 @@
+"""Export ScalableViT to ONNX: the classifier, or the 4-level feature backbone for dense tasks.
+
+    python tools/export_onnx.py scalable_vit_small --checkpoint CKPT --out scalable_vit_small.onnx
+    python tools/export_onnx.py scalable_vit_small --checkpoint CKPT --features --out backbone.onnx
+
+The classifier takes `images` (batch, 3, H, W) and gives `logits`; the backbone gives `stage0`..`stage3`
+(strides 4, 8, 16, 32). Batch, height and width are dynamic (any size from 29x29 up; IWSA's window padding is
+part of the graph). After export, onnxruntime is compared with PyTorch on a few sizes (`--no-check` skips it).
+"""
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import timm
+import torch
+from timm.utils import ParseKwargs
+
+import scalablevit  # noqa: F401  (registers the models)
+
+CHECK_SIZES = ((224, 224), (97, 131))  # the second one needs window padding in every stage
+
+
+def build(name: str, checkpoint: str, features: bool, model_kwargs: dict) -> torch.nn.Module:
+    kwargs = dict(model_kwargs)
+    if checkpoint:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=checkpoint))
+    if features:
+        kwargs.update(features_only=True)
+    return timm.create_model(name, **kwargs).eval()
+
+
+def export(model: torch.nn.Module, out: Path, features: bool, input_size: Tuple[int, int], opset: int) -> List[str]:
+    """Write the ONNX file and return its output names."""
+    outputs = [f'stage{i}' for i in range(len(model.feature_info))] if features else ['logits']
+    dynamic = {'images': {0: 'batch', 2: 'height', 3: 'width'}}
+    dynamic.update({name: {0: 'batch', 2: f'{name}_height', 3: f'{name}_width'} if features else {0: 'batch'}
+                    for name in outputs})
+    # The TorchScript-based exporter keeps the shape arithmetic of IWSA's padding in the graph, so one file
+    # serves every input size; torch.export cannot yet prove its reshape guards for symbolic sizes.
+    torch.onnx.export(model, (torch.randn(1, 3, *input_size),), str(out), dynamo=False, opset_version=opset,
+                      input_names=['images'], output_names=outputs, dynamic_axes=dynamic)
+    return outputs
+
+
+def compare(model: torch.nn.Module, path: Path, sizes: Sequence[Tuple[int, int]], batch: int = 2) -> float:
+    """Largest absolute difference between onnxruntime and PyTorch over `sizes`."""
+    import onnxruntime
+    session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    worst = 0.
+    for size in sizes:
+        images = torch.randn(batch, 3, *size)
+        with torch.no_grad():
+            expected = model(images)
+        expected = expected if isinstance(expected, (list, tuple)) else [expected]
+        got = session.run(None, {'images': images.numpy()})
+        diff = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
+        print(f'  {batch}x3x{size[0]}x{size[1]}: max |onnxruntime - torch| = {diff:.2e}')
+        worst = max(worst, diff)
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('model', help='e.g. scalable_vit_small')
+    parser.add_argument('--checkpoint', default='', help='weights (ours or the released format); random if omitted')
+    parser.add_argument('--features', action='store_true', help='export the 4-level feature backbone')
+    parser.add_argument('--out', type=Path, required=True, help='ONNX file to write')
+    parser.add_argument('--input-size', type=int, nargs=2, default=(224, 224), metavar=('H', 'W'),
+                        help='size of the example input used for tracing (the exported graph takes any size)')
+    parser.add_argument('--opset', type=int, default=17)
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    parser.add_argument('--no-check', dest='check', action='store_false', help='skip the onnxruntime comparison')
+    parser.add_argument('--tolerance', type=float, default=1e-4, help='largest accepted absolute difference')
+    args = parser.parse_args()
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        parser.error(f'checkpoint {args.checkpoint} does not exist')
+
+    model = build(args.model, args.checkpoint, args.features, args.model_kwargs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    outputs = export(model, args.out, args.features, tuple(args.input_size), args.opset)
+    print(f'wrote {args.out} (inputs: images [batch, 3, height, width]; outputs: {", ".join(outputs)})')
+    if args.check:
+        worst = compare(model, args.out, CHECK_SIZES)
+        if worst > args.tolerance:
+            sys.exit(f'error: onnxruntime differs from PyTorch by {worst:.2e} > {args.tolerance:.0e}')
+
+
+if __name__ == '__main__':
+    main()
