@@ -1,0 +1,235 @@
+"""Speed and memory of ScalableViT against Swin-T and Twins-SVT-S, and against the machine's matmul peak.
+
+    python benchmarks/benchmark.py                          # CPU: batch 8, 224x224, all threads
+    python benchmarks/benchmark.py --device cuda --batch-size 64 --amp   # the paper's Table 6 setting
+    python benchmarks/benchmark.py --models scalable_vit_small --modes infer --compile --json out.json
+
+For every model and mode it reports the median time of `--repeats` timed steps after `--warmup` steps (and
+the spread, min to max), images per second, peak memory, and the achieved GFLOP/s as a fraction of the
+measured matmul peak (FLOPs per image = 2 x the multiply-adds counted by fvcore's rules, attention
+included). `explicit` rows run ScalableViT's attention as the released code does (softmax(q·kᵀ)·v spelled
+out); `ckpt` rows train with gradient checkpointing. Each row runs in its own process, so the CPU peak memory
+(maximum resident set size) belongs to that row alone; on CUDA it is the peak of allocated memory.
+The classification data loader can be timed too: `--loader-data PATH` (an ImageFolder train/ folder parent).
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS = ('scalable_vit_small', 'scalable_vit_base', 'scalable_vit_large', 'swin_tiny_patch4_window7_224',
+                  'twins_svt_small')
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def timed(step, device: torch.device, warmup: int, repeats: int) -> List[float]:
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a square matmul: the ceiling for a model made mostly of matmuls."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    times = timed(lambda: a @ b, device, warmup=3, repeats=repeats)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
+def multiply_adds(name: str, img_size: int) -> float:
+    """Multiply-adds per image (fvcore's count), attention's matrix products included."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import get_flops
+    if name.startswith('scalable_vit'):
+        return get_flops.count(name, (img_size, img_size))['flops'] * 1e9
+    import timm
+    from mmengine.analysis import FlopAnalyzer
+    model = timm.create_model(name, img_size=img_size).eval()
+    for module in model.modules():
+        if hasattr(module, 'fused_attn'):
+            module.fused_attn = False
+    analyzer = FlopAnalyzer(model, (torch.randn(1, 3, img_size, img_size),))
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    with torch.no_grad():
+        return float(analyzer.total())
+
+
+def measure(args: argparse.Namespace) -> Dict:
+    """One row: build the model, time it in one mode, report; runs in a child process."""
+    import timm
+    import scalablevit  # noqa: F401  (registers the models)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    kwargs = {} if args.model.startswith('scalable_vit') else dict(img_size=args.img_size)
+    model = timm.create_model(args.model, **kwargs).to(device)
+    if args.variant == 'explicit':
+        model.set_fused_attn(False)
+    if args.variant == 'ckpt':
+        model.set_grad_checkpointing(True)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device).to(
+        memory_format=memory_format)
+    amp_dtype = torch.bfloat16 if args.amp else None
+    if args.compile:
+        model = torch.compile(model)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    if args.mode == 'infer':
+        model.eval()
+
+        def step():
+            with torch.no_grad(), autocast():
+                model(images)
+    else:
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        targets = torch.randint(0, 1000, (args.batch_size,), device=device)
+
+        def step():
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(model(images), targets)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    times = timed(step, device, args.warmup, args.repeats)
+    if device.type == 'cuda':
+        peak_mb = torch.cuda.max_memory_allocated() / 2 ** 20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    median = statistics.median(times)
+    return dict(model=args.model, variant=args.variant, mode=args.mode, batch_size=args.batch_size,
+                img_size=args.img_size, median_s=median, min_s=min(times), max_s=max(times),
+                img_per_s=args.batch_size / median, peak_mb=peak_mb)
+
+
+def run_row(args: argparse.Namespace, model: str, variant: str, mode: str) -> Dict:
+    command = [sys.executable, __file__, '--_child', '--_model', model, '--_variant', variant, '--_mode', mode,
+               '--device', args.device, '--batch-size', str(args.batch_size), '--img-size', str(args.img_size),
+               '--threads', str(args.threads), '--warmup', str(args.warmup), '--repeats', str(args.repeats)]
+    command += [flag for flag, on in (('--channels-last', args.channels_last), ('--compile', args.compile),
+                                      ('--amp', args.amp)) if on]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f'error: {model} {variant} {mode} failed:\n{result.stderr[-2000:]}')
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def loader_throughput(data_path: str, batch_size: int, workers: int, batches: int) -> float:
+    """Training images per second that the classification pipeline (decode + DeiT augmentation) delivers."""
+    sys.path.insert(0, str(ROOT / 'classification'))
+    from datasets import build_dataset
+    from main import get_args_parser
+    args = get_args_parser().parse_args(['--data-path', data_path])
+    dataset, _ = build_dataset(is_train=True, args=args)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         drop_last=True, persistent_workers=workers > 0)
+    iterator = iter(loader)
+    next(iterator)  # start-up of the workers is not throughput
+    start, seen = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            images, _ = next(iterator)
+        except StopIteration:
+            iterator = iter(loader)
+            images, _ = next(iterator)
+        seen += images.shape[0]
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS))
+    parser.add_argument('--modes', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=10)
+    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the model (compile time excluded)')
+    parser.add_argument('--amp', action='store_true', help='bfloat16 autocast')
+    parser.add_argument('--no-variants', dest='variants', action='store_false',
+                        help='skip the explicit-attention and gradient-checkpointing rows')
+    parser.add_argument('--loader-data', help='also time the classification data loader on this dataset')
+    parser.add_argument('--loader-workers', type=int, default=10, help='DataLoader workers (DeiT default: 10)')
+    parser.add_argument('--json', type=Path, help='write all results here')
+    parser.add_argument('--_child', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--_model', help=argparse.SUPPRESS)
+    parser.add_argument('--_variant', help=argparse.SUPPRESS)
+    parser.add_argument('--_mode', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._child:
+        args.model, args.variant, args.mode = args._model, args._variant, args._mode
+        print(json.dumps(measure(args)))
+        return
+
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    peak_dtype = torch.bfloat16 if args.amp else torch.float32
+    peak = matmul_peak(device, peak_dtype)
+    print(f'device {args.device}, {args.threads} threads, batch {args.batch_size}, {args.img_size}x{args.img_size}'
+          f'{", channels_last" if args.channels_last else ""}{", torch.compile" if args.compile else ""}'
+          f'{", bf16 autocast" if args.amp else ""}; matmul peak {peak:.1f} GFLOP/s ({peak_dtype})', flush=True)
+    header = (f'{"model":30s} {"variant":9s} {"mode":5s} {"median s":>9s} {"spread s":>15s} {"img/s":>8s} '
+              f'{"GFLOP/s":>8s} {"% peak":>7s} {"peak MB":>8s}')
+    print(header + '\n' + '-' * len(header), flush=True)
+    rows = []
+    for model in args.models:
+        flops_per_image = 2 * multiply_adds(model, args.img_size)
+        variants = ['fast']
+        if args.variants and model.startswith('scalable_vit'):
+            variants += ['explicit', 'ckpt']
+        for variant in variants:
+            for mode in args.modes:
+                if variant == 'ckpt' and mode == 'infer':
+                    continue
+                row = run_row(args, model, variant, mode)
+                work = flops_per_image * (3 if mode == 'train' else 1)  # backward costs about twice the forward
+                row.update(gflops_per_image=flops_per_image / 1e9,
+                           gflop_per_s=work * row['img_per_s'] / 1e9, peak_gflop_per_s=peak)
+                row['fraction_of_peak'] = row['gflop_per_s'] / peak
+                rows.append(row)
+                print(f'{model:30s} {variant:9s} {mode:5s} {row["median_s"]:9.3f} '
+                      f'{row["min_s"]:7.3f}-{row["max_s"]:<7.3f} {row["img_per_s"]:8.1f} {row["gflop_per_s"]:8.1f} '
+                      f'{100 * row["fraction_of_peak"]:6.1f}% {row["peak_mb"]:8.0f}', flush=True)
+    result = dict(device=args.device, threads=args.threads, matmul_peak_gflop_per_s=peak, rows=rows)
+    if args.loader_data:
+        speed = loader_throughput(args.loader_data, args.batch_size, args.loader_workers, batches=20)
+        result['loader_img_per_s'] = speed
+        print(f'classification loader ({args.loader_workers} workers, DeiT train transforms): {speed:.1f} img/s')
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f'wrote {args.json}')
+
+
+if __name__ == '__main__':
+    os.environ.setdefault('PYTHONWARNINGS', 'ignore')
+    main()

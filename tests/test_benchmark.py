@@ -1,0 +1,27 @@
+"""benchmarks/benchmark.py: the table and JSON it produces (tiny settings; speed targets live in the benchmark)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_rows_and_json(tmp_path):
+    out = tmp_path / 'bench.json'
+    result = subprocess.run(
+        [sys.executable, str(ROOT / 'benchmarks' / 'benchmark.py'), '--models', 'scalable_vit_small',
+         '--batch-size', '2', '--img-size', '64', '--warmup', '1', '--repeats', '2', '--threads', '1',
+         '--json', str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {(r['variant'], r['mode']): r for r in report['rows']}
+    assert set(rows) == {('fast', 'infer'), ('fast', 'train'), ('explicit', 'infer'), ('explicit', 'train'),
+                         ('ckpt', 'train')}
+    assert report['matmul_peak_gflop_per_s'] > 0
+    for row in rows.values():
+        assert row['min_s'] <= row['median_s'] <= row['max_s'] and row['img_per_s'] > 0 and row['peak_mb'] > 0
+        assert 0 < row['fraction_of_peak'] < 2
+    # 64 px: about (64 / 224)^2 of the 4.28 G multiply-adds at 224 (plus IWSA's padded windows), 2 FLOPs each
+    assert 2 * 4.285 * (64 / 224) ** 2 < rows['fast', 'infer']['gflops_per_image'] < 1.0
+    assert 'matmul peak' in result.stdout and 'scalable_vit_small' in result.stdout
