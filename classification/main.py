@@ -178,11 +178,14 @@ def restore_training_state(checkpoint, source, optimizer, lr_scheduler, model_em
     return start_epoch, checkpoint.get('max_accuracy', 0.0)
 
 
+def mixup_active(args) -> bool:
+    return args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
+
+
 def validate_args(args) -> None:
     if args.batch_size < 1:
         raise utils.UserInputError('--batch-size must be at least 1')
-    mixup_active = args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
-    if mixup_active and args.mixup_mode == 'batch' and args.batch_size % 2:
+    if mixup_active(args) and args.mixup_mode == 'batch' and args.batch_size % 2:
         raise utils.UserInputError(f'--batch-size {args.batch_size} must be even for batch-mode mixup/cutmix')
 
 
@@ -213,7 +216,7 @@ def main(args) -> None:
     loader_val = build_val_loader(args, dataset_val, args.batch_size if args.throughput else int(1.5 * args.batch_size))
 
     mixup_fn = None
-    if args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None:
+    if mixup_active(args):
         mixup_fn = Mixup(
             mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
             prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
