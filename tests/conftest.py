@@ -8,6 +8,7 @@ import timm
 import torch
 
 import scalablevit  # noqa: F401  (registers the models in timm)
+from scalablevit import scalable_vit
 
 DATA_DIR = Path(__file__).parent / 'data'
 VARIANTS = ('small', 'base', 'large')
@@ -15,6 +16,18 @@ VARIANTS = ('small', 'base', 'large')
 # IWSA + LIM, PEG, the MLP classifier) at a width that runs in milliseconds.
 TINY_ARGS = dict(embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8), depths=(2, 2, 2, 2),
                  channel_ratios=(2., 1.25, 0.5, 1.), classifier_hidden_dim=64)
+
+
+# The attention kernels: 'fast' lets `attend` choose per call (on CPU, explicit ops for short sequences),
+# 'sdpa' forces scaled_dot_product_attention everywhere, 'explicit' spells out the released operations.
+ATTENTION_PATHS = ('fast', 'sdpa', 'explicit')
+
+
+def select_attention_path(monkeypatch: pytest.MonkeyPatch, path: str) -> bool:
+    """Make `path` the one taken; returns the `fused` flag to pass (or to give `set_fused_attn`)."""
+    if path == 'sdpa':
+        monkeypatch.setattr(scalable_vit, 'sdpa_is_faster', lambda q, k, v: True)
+    return path != 'explicit'
 
 
 def read_state_dict_spec(variant: str):

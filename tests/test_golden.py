@@ -3,7 +3,16 @@ import pytest
 import timm
 import torch
 
-from conftest import VARIANTS, golden_input, golden_outputs, golden_state_dict, read_state_dict_spec, relative_error
+from conftest import (
+    ATTENTION_PATHS,
+    VARIANTS,
+    golden_input,
+    golden_outputs,
+    golden_state_dict,
+    read_state_dict_spec,
+    relative_error,
+    select_attention_path,
+)
 
 MAX_RELATIVE_ERROR = 1e-5
 
@@ -18,16 +27,17 @@ def test_parameter_names_and_shapes_match_release(variant):
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
-def test_golden_logits_and_features(variant):
+def test_golden_logits_and_features(monkeypatch, variant):
     model = timm.create_model(f'scalable_vit_{variant}').eval()
     model.load_state_dict(golden_state_dict(variant), strict=True)
     ref = golden_outputs(variant)
     ref_logits, ref_pooled = torch.tensor(ref['logits']), torch.tensor(ref['pooled_features'])
     x = golden_input()
-    for fused in (True, False):
-        model.set_fused_attn(fused)
-        with torch.no_grad():
-            pooled = model.forward_head(model.forward_features(x), pre_logits=True)
-            logits = model(x)
-        assert relative_error(pooled, ref_pooled) <= MAX_RELATIVE_ERROR, f'fused={fused}'
-        assert relative_error(logits, ref_logits) <= MAX_RELATIVE_ERROR, f'fused={fused}'
+    for path in ATTENTION_PATHS:
+        with monkeypatch.context() as patch:
+            model.set_fused_attn(select_attention_path(patch, path))
+            with torch.no_grad():
+                pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+                logits = model(x)
+        assert relative_error(pooled, ref_pooled) <= MAX_RELATIVE_ERROR, path
+        assert relative_error(logits, ref_logits) <= MAX_RELATIVE_ERROR, path

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scalablevit.scalable_vit import min_input_size, window_attention
+from conftest import ATTENTION_PATHS, select_attention_path
+from scalablevit.scalable_vit import min_input_size, sdpa_is_faster, window_attention
 
 
 def reference_window_attention(qkv: torch.Tensor, num_heads: int, window_size: int) -> torch.Tensor:
@@ -21,9 +22,10 @@ def reference_window_attention(qkv: torch.Tensor, num_heads: int, window_size: i
     return out.reshape(B, H * W, C)
 
 
-@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('path', ATTENTION_PATHS)
 @pytest.mark.parametrize('size', [(7, 14), (9, 11), (3, 5), (15, 8)])
-def test_window_attention_ignores_padding(size, fused):
+def test_window_attention_ignores_padding(monkeypatch, size, path):
+    fused = select_attention_path(monkeypatch, path)
     torch.manual_seed(0)
     H, W = size
     qkv = torch.randn(2, H, W, 3 * 12, dtype=torch.float64)
@@ -31,9 +33,10 @@ def test_window_attention_ignores_padding(size, fused):
     torch.testing.assert_close(out, reference_window_attention(qkv, 3, 7), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize('fused', [True, False])
-def test_padding_values_do_not_reach_real_tokens(monkeypatch, fused):
+@pytest.mark.parametrize('path', ATTENTION_PATHS)
+def test_padding_values_do_not_reach_real_tokens(monkeypatch, path):
     """Fill the padded q/k/v with large random values instead of zeros: real-token outputs stay the same."""
+    fused = select_attention_path(monkeypatch, path)
     torch.manual_seed(0)
     qkv = torch.randn(2, 9, 11, 3 * 12)
     expected = window_attention(qkv, num_heads=3, window_size=7, scale=0.5, dropout_p=0., fused=fused)
@@ -50,13 +53,28 @@ def test_padding_values_do_not_reach_real_tokens(monkeypatch, fused):
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_fused_and_explicit_attention_agree_on_padded_input(tiny):
+def test_attention_paths_agree_on_padded_input(monkeypatch, tiny):
     x = torch.randn(2, 3, 97, 131)
-    with torch.no_grad():
-        fused = tiny(x)
-        tiny.set_fused_attn(False)
-        explicit = tiny(x)
-    torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
+    outputs = {}
+    for path in ATTENTION_PATHS:
+        with monkeypatch.context() as patch, torch.no_grad():
+            tiny.set_fused_attn(select_attention_path(patch, path))
+            outputs[path] = tiny(x)
+    torch.testing.assert_close(outputs['fast'], outputs['explicit'], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outputs['sdpa'], outputs['explicit'], rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_kernel_choice():
+    """On CPU, short windows and SSA with r_c != 1 take the explicit ops; long equal-width attention SDPA."""
+    def shapes(queries, keys, qk_dim, v_dim):
+        return torch.empty(8, 2, queries, qk_dim), torch.empty(8, 2, keys, qk_dim), torch.empty(8, 2, keys, v_dim)
+
+    assert not sdpa_is_faster(*shapes(49, 49, 32, 32))  # IWSA window
+    assert not sdpa_is_faster(*shapes(3136, 49, 40, 32))  # SSA, r_c = 1.25
+    assert sdpa_is_faster(*shapes(3136, 49, 32, 32))  # SSA, r_c = 1, long query sequence
+    assert sdpa_is_faster(*shapes(196, 196, 32, 32))
+    meta = [t.to('meta') for t in shapes(49, 49, 32, 32)]
+    assert sdpa_is_faster(*meta)  # any accelerator keeps SDPA
 
 
 @pytest.mark.parametrize('size', [(97, 131), (512, 683), (29, 29), (224, 35)])
