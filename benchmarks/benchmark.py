@@ -5,29 +5,36 @@
     python benchmarks/benchmark.py --models scalable_vit_small --modes infer --compile --json out.json
 
 For every model and mode it reports the median time of `--repeats` timed steps after `--warmup` steps (and
-the spread, min to max), images per second, peak memory, and the achieved GFLOP/s as a fraction of the
-measured matmul peak (FLOPs per image = 2 x the multiply-adds counted by fvcore's rules, attention
-included). `explicit` rows run ScalableViT's attention as the released code does (softmax(q·kᵀ)·v spelled
-out); `ckpt` rows train with gradient checkpointing. Each row runs in its own process, so the CPU peak memory
-(maximum resident set size) belongs to that row alone; on CUDA it is the peak of allocated memory.
+the spread, min to max), images per second, memory, and the achieved GFLOP/s as a fraction of the measured
+matmul peak (FLOPs per image = 2 x the multiply-adds counted by fvcore's rules, attention included).
+`explicit` rows run ScalableViT's attention as the released code does (softmax(q·kᵀ)·v spelled out); `ckpt`
+rows train with gradient checkpointing. Each row runs in its own process. Memory is measured over one extra
+step: `peak MB` is the process's peak (CPU: resident set; CUDA: allocated), `step MB` what the step added on
+top of what was held before it (activations, gradients, temporaries; weights and optimizer state excluded).
+On CPU the rows run with glibc malloc keeping freed memory for reuse (`--allocator cached`, the default),
+the role jemalloc/tcmalloc play in PyTorch's CPU tuning guides; `--allocator system` keeps glibc's defaults.
 The classification data loader can be timed too: `--loader-data PATH` (an ImageFolder train/ folder parent).
 """
 import argparse
+import ctypes
 import json
 import os
-import resource
+import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ('scalable_vit_small', 'scalable_vit_base', 'scalable_vit_large', 'swin_tiny_patch4_window7_224',
                   'twins_svt_small')
+# glibc malloc that keeps freed memory for reuse: blocks up to 32 MiB (glibc's maximum) come from the heap,
+# which is never trimmed, so steady-state steps do not page-fault fresh memory for every large tensor.
+CACHED_MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': str(32 * 2 ** 20), 'MALLOC_TRIM_THRESHOLD_': str(2 ** 40)}
 
 
 def synchronize(device: torch.device) -> None:
@@ -48,12 +55,15 @@ def timed(step, device: torch.device, warmup: int, repeats: int) -> List[float]:
     return times
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of a square matmul: the ceiling for a model made mostly of matmuls."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    times = timed(lambda: a @ b, device, warmup=3, repeats=repeats)
-    return 2 * size ** 3 / statistics.median(times) / 1e9
+def matmul_peak(device: torch.device, dtype: torch.dtype, sizes=(1024, 2048, 4096), repeats: int = 10) -> float:
+    """GFLOP/s of the fastest square matmul (median of `repeats`): the ceiling for a model made of matmuls."""
+    best = 0.
+    for size in sizes:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        times = timed(lambda: a @ b, device, warmup=3, repeats=repeats)
+        best = max(best, 2 * size ** 3 / statistics.median(times) / 1e9)
+    return best
 
 
 def multiply_adds(name: str, img_size: int) -> float:
@@ -73,6 +83,31 @@ def multiply_adds(name: str, img_size: int) -> float:
     analyzer.uncalled_modules_warnings(False)
     with torch.no_grad():
         return float(analyzer.total())
+
+
+def cpu_memory_kb() -> Tuple[int, int]:
+    """(current, peak) resident set size of this process in KiB."""
+    status = open('/proc/self/status').read()
+    return (int(re.search(r'VmRSS:\s+(\d+)', status).group(1)), int(re.search(r'VmHWM:\s+(\d+)', status).group(1)))
+
+
+def step_memory_mb(step: Callable[[], None], device: torch.device) -> Tuple[float, float]:
+    """(peak, added by the step) memory in MiB over one run of `step`."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        return peak / 2 ** 20, (peak - before) / 2 ** 20
+    ctypes.CDLL('libc.so.6').malloc_trim(0)  # hand cached free memory back, so the step's growth is visible
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # reset the peak resident set size (VmHWM) to the current one
+    before, _ = cpu_memory_kb()
+    step()
+    _, peak = cpu_memory_kb()
+    return peak / 1024, (peak - before) / 1024
 
 
 def measure(args: argparse.Namespace) -> Dict:
@@ -106,7 +141,7 @@ def measure(args: argparse.Namespace) -> Dict:
                 model(images)
     else:
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # one kernel over all tensors
         targets = torch.randint(0, 1000, (args.batch_size,), device=device)
 
         def step():
@@ -116,17 +151,12 @@ def measure(args: argparse.Namespace) -> Dict:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats()
     times = timed(step, device, args.warmup, args.repeats)
-    if device.type == 'cuda':
-        peak_mb = torch.cuda.max_memory_allocated() / 2 ** 20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb, step_mb = step_memory_mb(step, device)
     median = statistics.median(times)
     return dict(model=args.model, variant=args.variant, mode=args.mode, batch_size=args.batch_size,
                 img_size=args.img_size, median_s=median, min_s=min(times), max_s=max(times),
-                img_per_s=args.batch_size / median, peak_mb=peak_mb)
+                img_per_s=args.batch_size / median, peak_mb=peak_mb, step_mb=step_mb)
 
 
 def run_row(args: argparse.Namespace, model: str, variant: str, mode: str) -> Dict:
@@ -135,7 +165,8 @@ def run_row(args: argparse.Namespace, model: str, variant: str, mode: str) -> Di
                '--threads', str(args.threads), '--warmup', str(args.warmup), '--repeats', str(args.repeats)]
     command += [flag for flag, on in (('--channels-last', args.channels_last), ('--compile', args.compile),
                                       ('--amp', args.amp)) if on]
-    result = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ, **(CACHED_MALLOC_ENV if args.allocator == 'cached' else {}))
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(f'error: {model} {variant} {mode} failed:\n{result.stderr[-2000:]}')
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -176,6 +207,10 @@ def main() -> None:
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--compile', action='store_true', help='torch.compile the model (compile time excluded)')
     parser.add_argument('--amp', action='store_true', help='bfloat16 autocast')
+    parser.add_argument('--allocator', choices=['cached', 'system'], default='cached',
+                        help='CPU rows: glibc malloc keeping freed memory (default) or its default settings')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='run every row this many times, interleaved, and keep the median round')
     parser.add_argument('--no-variants', dest='variants', action='store_false',
                         help='skip the explicit-attention and gradient-checkpointing rows')
     parser.add_argument('--loader-data', help='also time the classification data loader on this dataset')
@@ -197,30 +232,39 @@ def main() -> None:
     peak = matmul_peak(device, peak_dtype)
     print(f'device {args.device}, {args.threads} threads, batch {args.batch_size}, {args.img_size}x{args.img_size}'
           f'{", channels_last" if args.channels_last else ""}{", torch.compile" if args.compile else ""}'
-          f'{", bf16 autocast" if args.amp else ""}; matmul peak {peak:.1f} GFLOP/s ({peak_dtype})', flush=True)
+          f'{", bf16 autocast" if args.amp else ""}'
+          f'{f", {args.allocator} malloc" if device.type == "cpu" else ""}; '
+          f'matmul peak {peak:.1f} GFLOP/s ({peak_dtype})', flush=True)
     header = (f'{"model":30s} {"variant":9s} {"mode":5s} {"median s":>9s} {"spread s":>15s} {"img/s":>8s} '
-              f'{"GFLOP/s":>8s} {"% peak":>7s} {"peak MB":>8s}')
+              f'{"GFLOP/s":>8s} {"% peak":>7s} {"peak MB":>8s} {"step MB":>8s}')
     print(header + '\n' + '-' * len(header), flush=True)
-    rows = []
+    plan = []
     for model in args.models:
-        flops_per_image = 2 * multiply_adds(model, args.img_size)
         variants = ['fast']
         if args.variants and model.startswith('scalable_vit'):
             variants += ['explicit', 'ckpt']
-        for variant in variants:
-            for mode in args.modes:
-                if variant == 'ckpt' and mode == 'infer':
-                    continue
-                row = run_row(args, model, variant, mode)
-                work = flops_per_image * (3 if mode == 'train' else 1)  # backward costs about twice the forward
-                row.update(gflops_per_image=flops_per_image / 1e9,
-                           gflop_per_s=work * row['img_per_s'] / 1e9, peak_gflop_per_s=peak)
-                row['fraction_of_peak'] = row['gflop_per_s'] / peak
-                rows.append(row)
-                print(f'{model:30s} {variant:9s} {mode:5s} {row["median_s"]:9.3f} '
-                      f'{row["min_s"]:7.3f}-{row["max_s"]:<7.3f} {row["img_per_s"]:8.1f} {row["gflop_per_s"]:8.1f} '
-                      f'{100 * row["fraction_of_peak"]:6.1f}% {row["peak_mb"]:8.0f}', flush=True)
-    result = dict(device=args.device, threads=args.threads, matmul_peak_gflop_per_s=peak, rows=rows)
+        plan += [(model, variant, mode) for variant in variants for mode in args.modes
+                 if not (variant == 'ckpt' and mode == 'infer')]
+    flops_per_image = {model: 2 * multiply_adds(model, args.img_size) for model in args.models}
+    # Rounds interleave the rows, so a slow spell of a shared machine does not land on one model only.
+    rounds: Dict[Tuple[str, str, str], List[Dict]] = {key: [] for key in plan}
+    for index in range(args.rounds):
+        for key in plan:
+            print(f'  round {index + 1}/{args.rounds}: {" ".join(key)}', file=sys.stderr, flush=True)
+            rounds[key].append(run_row(args, *key))
+    rows = []
+    for (model, variant, mode), results in rounds.items():
+        row = sorted(results, key=lambda r: r['median_s'])[(len(results) - 1) // 2]
+        work = flops_per_image[model] * (3 if mode == 'train' else 1)  # backward costs about twice the forward
+        row.update(gflops_per_image=flops_per_image[model] / 1e9, gflop_per_s=work * row['img_per_s'] / 1e9,
+                   peak_gflop_per_s=peak, rounds=len(results))
+        row['fraction_of_peak'] = row['gflop_per_s'] / peak
+        rows.append(row)
+        print(f'{model:30s} {variant:9s} {mode:5s} {row["median_s"]:9.3f} '
+              f'{row["min_s"]:7.3f}-{row["max_s"]:<7.3f} {row["img_per_s"]:8.1f} {row["gflop_per_s"]:8.1f} '
+              f'{100 * row["fraction_of_peak"]:6.1f}% {row["peak_mb"]:8.0f} {row["step_mb"]:8.0f}', flush=True)
+    result = dict(device=args.device, threads=args.threads, allocator=args.allocator, matmul_peak_gflop_per_s=peak,
+                  rows=rows)
     if args.loader_data:
         speed = loader_throughput(args.loader_data, args.batch_size, args.loader_workers, batches=20)
         result['loader_img_per_s'] = speed

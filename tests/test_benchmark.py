@@ -20,8 +20,11 @@ def test_benchmark_rows_and_json(tmp_path):
                          ('ckpt', 'train')}
     assert report['matmul_peak_gflop_per_s'] > 0
     for row in rows.values():
-        assert row['min_s'] <= row['median_s'] <= row['max_s'] and row['img_per_s'] > 0 and row['peak_mb'] > 0
+        assert row['min_s'] <= row['median_s'] <= row['max_s'] and row['img_per_s'] > 0
+        assert row['peak_mb'] > 0 and 0 <= row['step_mb'] <= row['peak_mb']
         assert 0 < row['fraction_of_peak'] < 2
     # 64 px: about (64 / 224)^2 of the 4.28 G multiply-adds at 224 (plus IWSA's padded windows), 2 FLOPs each
     assert 2 * 4.285 * (64 / 224) ** 2 < rows['fast', 'infer']['gflops_per_image'] < 1.0
+    assert rows['fast', 'train']['step_mb'] > 0  # gradients alone are 122 MiB
+    assert report['allocator'] == 'cached'
     assert 'matmul peak' in result.stdout and 'scalable_vit_small' in result.stdout

@@ -152,6 +152,22 @@ def test_fx_trace_forward_and_backward():
         assert param.grad is not None, f'no gradient for {name}'
 
 
+@pytest.mark.parametrize('size', [(64, 64), (97, 131)])  # the second pads IWSA's windows
+def test_torch_compile_captures_one_graph(tiny, size):
+    """TorchDynamo traces the whole model, padding and kernel choice included, without a graph break."""
+    x = torch.randn(BATCH, 3, *size)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(tiny)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    compiled = torch.compile(tiny, backend='eager', fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), tiny(x))
+    tiny.train()
+    compiled(x).mean().backward()
+    assert all(p.grad is not None for p in tiny.parameters())
+
+
 def test_reset_classifier(tiny):
     hidden = tiny.head[0].weight.clone()
     tiny.reset_classifier(10)
