@@ -51,11 +51,12 @@ def sdpa_is_faster(
 ) -> bool:
     """Whether `scaled_dot_product_attention` beats the explicit matmul-softmax-matmul for these inputs.
 
-    On GPUs it always does. On CPU (torch 2.12, measured at batch 8, 224x224) it does not when q/k and v
-    widths differ, as in SSA with r_c != 1 — SDPA then falls back to a math kernel with extra safe-softmax
-    passes, ~3x slower than the explicit ops — nor for IWSA's 49-token windows, where the flash kernel's
-    per-block overhead makes it ~1.8x slower at inference and training. Long sequences keep the flash
-    kernel: it is faster there and never materialises the attention matrix.
+    On GPUs SDPA is always used (its fused kernels also avoid storing the attention matrix). On CPU (torch
+    2.12, measured at batch 8, 224x224) it is not faster when q/k and v widths differ, as in SSA with
+    r_c != 1 — SDPA then falls back to a math kernel with extra safe-softmax passes, ~3x slower than the
+    explicit ops — nor for IWSA's 49-token windows, where the flash kernel's per-block overhead makes it
+    ~1.8x slower at inference and training. Long sequences keep the flash kernel: it is faster there and
+    never materialises the attention matrix.
     """
     if q.device.type != 'cpu':
         return True
