@@ -23,6 +23,7 @@ import torch.nn as nn
 from PIL import Image
 
 import scalablevit  # noqa: F401  (registers the models)
+from scalablevit.checkpoint import load_state_dict
 from scalablevit.scalable_vit import InteractiveWindowAttention, ScalableSelfAttention, ScalableViT, tokens_to_map
 
 matplotlib.use('Agg')
@@ -57,8 +58,7 @@ def load_weights(model: nn.Module, path: Optional[str]) -> str:
     """Load the tensors of `path` that fit `model`; return the row's weight label."""
     if not path:
         return 'random weights'
-    state = timm.models.load_state_dict(path)
-    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    state = load_state_dict(path)  # the package's policy: EMA weights when the checkpoint has them
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(fitting, strict=False)

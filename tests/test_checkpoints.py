@@ -1,4 +1,5 @@
-"""Loading checkpoints: the released format, plain/EMA/DDP/compiled state dicts, and clear mismatch errors."""
+"""Loading checkpoints: the released format, plain/EMA/DDP/compiled state dicts, the one EMA rule, and clear
+mismatch errors."""
 import argparse
 
 import pytest
@@ -6,8 +7,9 @@ import timm
 import torch
 
 from scalablevit import checkpoint_filter_fn
+from scalablevit.checkpoint import load_state_dict, select_state_dict
 
-from conftest import TINY_ARGS, create_tiny
+from helpers import TINY_MODEL, create_tiny
 
 
 @pytest.fixture
@@ -17,9 +19,7 @@ def source():
 
 
 def load_pretrained(path, **kwargs):
-    return timm.create_model(
-        'scalable_vit_small', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-        **dict(TINY_ARGS, **kwargs))
+    return timm.create_model(TINY_MODEL, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
 
 
 def assert_same_weights(model, state_dict, skip_prefix=None):
@@ -80,7 +80,7 @@ def test_pretrained_headless_and_features_only(tmp_path, source):
 
 
 def test_checkpoint_of_another_variant_names_mismatched_tensors(tmp_path):
-    other = timm.create_model('scalable_vit_small', **dict(TINY_ARGS, embed_dims=(32, 64, 128, 256)))
+    other = timm.create_model(TINY_MODEL, embed_dims=(32, 64, 128, 256))
     path = tmp_path / 'checkpoint.pth'
     torch.save({'model': other.state_dict()}, path)
     with pytest.raises(ValueError, match=r'another variant') as error:
@@ -103,3 +103,47 @@ def test_missing_and_unexpected_keys_are_named(tmp_path, source):
 def test_pretrained_without_file_is_refused():
     with pytest.raises(RuntimeError, match='No pretrained weights exist'):
         timm.create_model('scalable_vit_small', pretrained=True)
+
+
+@pytest.fixture
+def raw_and_ema():
+    """A `--model-ema` training checkpoint: raw weights under 'model', different EMA weights under 'model_ema'."""
+    torch.manual_seed(2)
+    raw, ema = create_tiny().state_dict(), create_tiny().state_dict()
+    return {'model': raw, 'model_ema': ema, 'optimizer': {}, 'epoch': 3}, raw, ema
+
+
+def test_one_ema_rule_for_every_reader(tmp_path, raw_and_ema):
+    """timm's pretrained path, the filter, `load_state_dict` and the backbone's init all pick the EMA weights
+    by default; `use_ema=False` picks the raw ones."""
+    checkpoint, raw, ema = raw_and_ema
+    path = tmp_path / 'checkpoint.pth'
+    torch.save(checkpoint, path)
+    assert_same_weights(load_pretrained(path), ema)
+    for key, value in checkpoint_filter_fn(checkpoint, create_tiny()).items():
+        assert torch.equal(value, ema[key]), key
+    for use_ema, expected in ((None, ema), (True, ema), (False, raw)):
+        loaded = load_state_dict(str(path), use_ema=use_ema)
+        assert all(torch.equal(loaded[k], v) for k, v in expected.items()), use_ema
+
+
+def test_ema_rule_errors_and_plain_state_dicts(raw_and_ema):
+    checkpoint, raw, ema = raw_and_ema
+    assert select_state_dict({'model': raw})[1] == 'model'
+    assert select_state_dict({'state_dict': raw, 'state_dict_ema': ema}, use_ema=False)[1] == 'state_dict'
+    assert select_state_dict(prefixed(raw, 'module.'))[0].keys() == raw.keys()
+    with pytest.raises(ValueError, match='has no EMA weights'):
+        select_state_dict({'model': raw}, use_ema=True)
+    with pytest.raises(ValueError, match='holds only EMA weights'):
+        select_state_dict({'model_ema': ema}, use_ema=False)
+    with pytest.raises(ValueError, match='plain state dict without EMA'):
+        select_state_dict(raw, use_ema=True)
+
+
+def test_prefix_selects_a_detector_backbone(tmp_path, raw_and_ema):
+    _, raw, _ = raw_and_ema
+    path = tmp_path / 'detector.pth'
+    torch.save({'state_dict': {**prefixed(raw, 'backbone.'), 'neck.conv.weight': torch.zeros(1)}}, path)
+    assert load_state_dict(str(path), prefix='backbone.').keys() == raw.keys()
+    with pytest.raises(ValueError, match="no keys under prefix 'encoder.'"):
+        load_state_dict(str(path), prefix='encoder.')

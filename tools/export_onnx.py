@@ -10,7 +10,7 @@ part of the graph). After export, onnxruntime is compared with PyTorch on a few 
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import timm
@@ -18,14 +18,16 @@ import torch
 from timm.utils import ParseKwargs
 
 import scalablevit  # noqa: F401  (registers the models)
+from scalablevit.checkpoint import pretrained_overlay
 
 CHECK_SIZES = ((224, 224), (97, 131))  # the second one needs window padding in every stage
 
 
-def build(name: str, checkpoint: str, features: bool, model_kwargs: dict) -> torch.nn.Module:
+def build(name: str, checkpoint: str, features: bool, model_kwargs: dict,
+          use_ema: Optional[bool] = None) -> torch.nn.Module:
     kwargs = dict(model_kwargs)
     if checkpoint:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=checkpoint))
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=pretrained_overlay(checkpoint, use_ema))
     if features:
         kwargs.update(features_only=True)
     return timm.create_model(name, **kwargs).eval()
@@ -65,6 +67,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('model', help='e.g. scalable_vit_small')
     parser.add_argument('--checkpoint', default='', help='weights (ours or the released format); random if omitted')
+    parser.add_argument('--use-ema', action=argparse.BooleanOptionalAction, default=None,
+                        help='take the EMA weights (--use-ema) or the raw ones (--no-use-ema); default: EMA '
+                             'when the checkpoint has them')
     parser.add_argument('--features', action='store_true', help='export the 4-level feature backbone')
     parser.add_argument('--out', type=Path, required=True, help='ONNX file to write')
     parser.add_argument('--input-size', type=int, nargs=2, default=(224, 224), metavar=('H', 'W'),
@@ -77,7 +82,7 @@ def main() -> None:
     if args.checkpoint and not Path(args.checkpoint).is_file():
         parser.error(f'checkpoint {args.checkpoint} does not exist')
 
-    model = build(args.model, args.checkpoint, args.features, args.model_kwargs)
+    model = build(args.model, args.checkpoint, args.features, args.model_kwargs, args.use_ema)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     outputs = export(model, args.out, args.features, tuple(args.input_size), args.opset)
     print(f'wrote {args.out} (inputs: images [batch, 3, height, width]; outputs: {", ".join(outputs)})')
