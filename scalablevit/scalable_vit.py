@@ -33,7 +33,9 @@ from timm.layers import (
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-__all__ = ['ARCH_SETTINGS', 'ScalableViT', 'checkpoint_filter_fn', 'compare_state_dict', 'describe_mismatch']
+from .checkpoint import filter_for_model
+
+__all__ = ['ARCH_SETTINGS', 'ScalableViT', 'checkpoint_filter_fn']
 
 LN_EPS = 1e-6
 SSA_NORM_EPS = 1e-5  # the LayerNorm inside SSA's reduction path uses PyTorch's default eps in the release
@@ -633,59 +635,13 @@ class ScalableViT(nn.Module):
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: ScalableViT) -> Dict[str, torch.Tensor]:
-    """Accept the released format ({'model': ...}), plain/EMA state dicts and DDP/compile prefixes.
+    """Accept the released format ({'model': ...}), plain/EMA state dicts and DDP/compile prefixes (the
+    package's checkpoint policy, `scalablevit.checkpoint`).
 
     Raises a ValueError naming the mismatched tensors when the checkpoint is for another architecture
     (classifier tensors excepted: timm drops those itself when `num_classes` differs).
     """
-    for key in ('model', 'state_dict', 'model_ema', 'state_dict_ema'):
-        if isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-            break
-    prefixes = ('module.', '_orig_mod.')
-    cleaned = {}
-    for k, v in state_dict.items():
-        while k.startswith(prefixes):
-            k = k.split('.', 1)[1]
-        cleaned[k] = v
-    if isinstance(model.head, nn.Identity):
-        cleaned = {k: v for k, v in cleaned.items() if not k.startswith('head.')}
-
-    shape_errors, missing, unexpected = compare_state_dict(cleaned, model, skip_prefix='head.')
-    if shape_errors:
-        raise ValueError(
-            f'Checkpoint does not fit this ScalableViT ({len(shape_errors)} tensors differ in shape; is it for '
-            f'another variant?)\n{describe_mismatch(shape_errors, missing, unexpected)}'
-        )
-    return cleaned
-
-
-def compare_state_dict(
-        state_dict: Dict[str, torch.Tensor],
-        model: nn.Module,
-        skip_prefix: Optional[str] = None,
-) -> Tuple[List[str], List[str], List[str]]:
-    """(shape mismatches, missing keys, unexpected keys) of `state_dict` against `model`."""
-    model_shapes = {k: v.shape for k, v in model.state_dict().items()}
-    keys = [k for k in state_dict if skip_prefix is None or not k.startswith(skip_prefix)]
-    shape_errors = [
-        f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(model_shapes[k])}'
-        for k in keys if k in model_shapes and state_dict[k].shape != model_shapes[k]
-    ]
-    missing = sorted(k for k in model_shapes
-                     if k not in state_dict and (skip_prefix is None or not k.startswith(skip_prefix)))
-    unexpected = sorted(k for k in keys if k not in model_shapes)
-    return shape_errors, missing, unexpected
-
-
-def describe_mismatch(shape_errors: List[str], missing: List[str], unexpected: List[str], limit: int = 8) -> str:
-    def summarize(items: List[str]) -> str:
-        if not items:
-            return 'none'
-        more = f' ... and {len(items) - limit} more' if len(items) > limit else ''
-        return ', '.join(items[:limit]) + more
-    return (f'  shape mismatches: {summarize(shape_errors)}\n  missing keys: {summarize(missing)}\n'
-            f'  unexpected keys: {summarize(unexpected)}')
+    return filter_for_model(state_dict, model, model_name='ScalableViT')
 
 
 def _create_scalable_vit(variant: str, pretrained: bool = False, **kwargs) -> ScalableViT:
@@ -716,6 +672,7 @@ default_cfgs = generate_default_cfgs({
     'scalable_vit_small.in1k': _cfg(),
     'scalable_vit_base.in1k': _cfg(),
     'scalable_vit_large.in1k': _cfg(),
+    'scalable_vit_test.untrained': _cfg(input_size=(3, 64, 64), test_input_size=(3, 64, 64)),
 })
 
 
@@ -727,6 +684,11 @@ ARCH_SETTINGS = {
                  channel_ratios=(2., 1.25, 1.25, 1.)),
     'large': dict(embed_dims=(128, 256, 512, 1024), num_heads=(4, 8, 16, 32), depths=(2, 6, 12, 4),
                   channel_ratios=(0.25, 0.5, 1., 1.)),
+    # Not in the paper: every structural feature of the released models (SSA with sr > 1 and sr = 1, r_c above
+    # and below 1, IWSA + LIM, PEG, the MLP classifier) at a width that runs in milliseconds, for tests,
+    # demos and CPU smoke configs (like timm's `test_vit`).
+    'test': dict(embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8), depths=(2, 2, 2, 2),
+                 channel_ratios=(2., 1.25, 0.5, 1.), classifier_hidden_dim=64),
 }
 
 
@@ -743,3 +705,9 @@ def scalable_vit_base(pretrained: bool = False, **kwargs) -> ScalableViT:
 @register_model
 def scalable_vit_large(pretrained: bool = False, **kwargs) -> ScalableViT:
     return _create_scalable_vit('scalable_vit_large', pretrained, **dict(ARCH_SETTINGS['large'], **kwargs))
+
+
+@register_model
+def scalable_vit_test(pretrained: bool = False, **kwargs) -> ScalableViT:
+    """A tiny ScalableViT (0.3 M parameters) for tests and CPU demos; not a paper model."""
+    return _create_scalable_vit('scalable_vit_test', pretrained, **dict(ARCH_SETTINGS['test'], **kwargs))

@@ -2,11 +2,13 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+
+from helpers import ROOT
 
 
+@pytest.mark.slow  # about 90 s: each row measures memory and time in its own process
 def test_benchmark_rows_and_json(tmp_path):
     out = tmp_path / 'bench.json'
     result = subprocess.run(

@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-from conftest import (
+from helpers import (
     ATTENTION_PATHS,
     VARIANTS,
     golden_input,

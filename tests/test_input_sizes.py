@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ATTENTION_PATHS, select_attention_path
+from helpers import ATTENTION_PATHS, select_attention_path
 from scalablevit.scalable_vit import min_input_size, sdpa_is_faster, window_attention
 
 

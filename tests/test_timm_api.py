@@ -9,13 +9,13 @@ from timm.layers import get_notrace_functions, get_notrace_modules, set_scriptab
 from timm.models import FeatureInfo, group_parameters
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from conftest import VARIANTS, create_tiny
+from helpers import VARIANTS, create_tiny
 
 BATCH = 2
 
 
 def test_models_registered():
-    assert timm.list_models('scalable_vit*') == [f'scalable_vit_{v}' for v in ('base', 'large', 'small')]
+    assert timm.list_models('scalable_vit*') == [f'scalable_vit_{v}' for v in ('base', 'large', 'small', 'test')]
     for variant in VARIANTS:
         cfg = timm.models.get_pretrained_cfg(f'scalable_vit_{variant}')
         assert cfg.input_size == (3, 224, 224) and cfg.crop_pct == 0.875 and cfg.interpolation == 'bicubic'

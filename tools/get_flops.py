@@ -17,30 +17,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from paper import PAPER
+
 ROOT = Path(__file__).resolve().parents[1]
 
-# (name or config, paper params in M, paper FLOPs in G); the paper's Tables 1-4.
-PAPER = [
-    ('scalable_vit_small', 32.4, 4.2),
-    ('scalable_vit_base', 81.9, 8.6),
-    ('scalable_vit_large', 104.9, 14.7),
-    ('detection/configs/retinanet_scalablevit-s_fpn_1x_coco.py', 36.4, 238),
-    ('detection/configs/retinanet_scalablevit-s_fpn_ms-3x_coco.py', 36.4, 238),
-    ('detection/configs/retinanet_scalablevit-b_fpn_1x_coco.py', 85.6, 330),
-    ('detection/configs/retinanet_scalablevit-b_fpn_ms-3x_coco.py', 85.6, 330),
-    ('detection/configs/retinanet_scalablevit-l_fpn_1x_coco.py', 112.6, 457),
-    ('detection/configs/mask-rcnn_scalablevit-s_fpn_1x_coco.py', 46.3, 256),
-    ('detection/configs/mask-rcnn_scalablevit-s_fpn_ms-3x_coco.py', 46.3, 256),
-    ('detection/configs/mask-rcnn_scalablevit-b_fpn_1x_coco.py', 94.9, 349),
-    ('detection/configs/mask-rcnn_scalablevit-b_fpn_ms-3x_coco.py', 94.9, 349),
-    ('detection/configs/mask-rcnn_scalablevit-l_fpn_1x_coco.py', 121.4, 477),
-    ('segmentation/configs/fpn_scalablevit-s_4xb4-80k_ade20k-512x512.py', 30.4, 174),
-    ('segmentation/configs/fpn_scalablevit-b_4xb4-80k_ade20k-512x512.py', 79.0, 270),
-    ('segmentation/configs/fpn_scalablevit-l_4xb4-80k_ade20k-512x512.py', 105.5, 402),
-    ('segmentation/configs/upernet_scalablevit-s_8xb2-160k_ade20k-512x512.py', 56.5, 931),
-    ('segmentation/configs/upernet_scalablevit-b_8xb2-160k_ade20k-512x512.py', 107.0, 1029),
-    ('segmentation/configs/upernet_scalablevit-l_8xb2-160k_ade20k-512x512.py', 135.5, 1162),
-]
 DEFAULT_SHAPE = {'classification': (224, 224), 'detection': (800, 1280), 'segmentation': (512, 2048)}
 
 

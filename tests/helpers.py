@@ -1,0 +1,92 @@
+"""Helpers shared by the tests: the golden reference data, the tiny test model, free ports, subprocesses."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+import timm
+import torch
+
+import scalablevit  # noqa: F401  (registers the models in timm)
+from scalablevit import scalable_vit
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(__file__).parent / 'data'
+VARIANTS = ('small', 'base', 'large')
+TINY_MODEL = 'scalable_vit_test'  # the registered tiny architecture (ARCH_SETTINGS['test'])
+TINY_ARGS = scalable_vit.ARCH_SETTINGS['test']
+
+
+# The attention kernels: 'fast' lets `attend` choose per call (on CPU, explicit ops for short sequences),
+# 'sdpa' forces scaled_dot_product_attention everywhere, 'explicit' spells out the released operations.
+ATTENTION_PATHS = ('fast', 'sdpa', 'explicit')
+
+
+def select_attention_path(monkeypatch: pytest.MonkeyPatch, path: str) -> bool:
+    """Make `path` the one taken; returns the `fused` flag to pass (or to give `set_fused_attn`)."""
+    if path == 'sdpa':
+        monkeypatch.setattr(scalable_vit, 'sdpa_is_faster', lambda q, k, v: True)
+    return path != 'explicit'
+
+
+def read_state_dict_spec(variant: str):
+    """Rows (key, shape, is_layernorm_weight) of the released state dict, in file order."""
+    lines = (DATA_DIR / f'scalable_vit_{variant}.state_dict.tsv').read_text().splitlines()[1:]
+    rows = []
+    for line in lines:
+        key, shape, is_ln = line.split('\t')
+        rows.append((key, tuple(int(s) for s in shape.split('x')), is_ln == '1'))
+    return rows
+
+
+def golden_state_dict(variant: str) -> Dict[str, torch.Tensor]:
+    """The reference's deterministic weights: N(0, 0.02²) in float64 (+1 on LayerNorm weights), as float32."""
+    g = torch.Generator().manual_seed(0)
+    state_dict = {}
+    for key, shape, is_ln in read_state_dict_spec(variant):
+        t = torch.randn(shape, generator=g, dtype=torch.float64) * 0.02
+        if is_ln:
+            t += 1.0
+        state_dict[key] = t.float()
+    return state_dict
+
+
+def golden_input() -> torch.Tensor:
+    return torch.randn((2, 3, 224, 224), generator=torch.Generator().manual_seed(1))
+
+
+def golden_outputs(variant: str) -> dict:
+    return json.loads((DATA_DIR / f'scalable_vit_{variant}.golden.json').read_text())
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def create_tiny(**kwargs) -> torch.nn.Module:
+    return timm.create_model(TINY_MODEL, **kwargs)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for torchrun's rendezvous), so parallel runs never collide."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run_command(args: List[str], cwd: Path, timeout: int = 900, env: Optional[Dict[str, str]] = None,
+                check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command (a Python script when `args[0]` ends in .py) with one thread per process, unbuffered;
+    with `check`, fail the test with the output's tail when it exits non-zero."""
+    if args[0].endswith('.py'):
+        args = [sys.executable, *args]
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', **(env or {}))
+    result = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                            env=env)
+    if check:
+        assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    return result
