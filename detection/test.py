@@ -5,7 +5,7 @@
 `--eval` picks the COCO metrics (bbox, segm, proposal); the original spelling `--eval mAP` means every
 metric the model supports (bbox, plus segm for Mask R-CNN). Without it the config's metrics are used.
 """
-from scalablevit.mmtools import test
+from scalablevit.openmmlab.runner import test
 
 METRICS = ('bbox', 'segm', 'proposal', 'proposal_fast')
 

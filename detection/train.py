@@ -2,7 +2,7 @@
 
     python train.py configs/retinanet_scalablevit-s_fpn_1x_coco.py [--work-dir DIR] [--resume [CKPT]] [--amp]
 """
-from scalablevit.mmtools import train
+from scalablevit.openmmlab.runner import train
 
 if __name__ == '__main__':
     train()

@@ -5,7 +5,7 @@
 `--eval` picks the IoU metrics (mIoU, mDice, mFscore); `--aug-test` evaluates with the config's test-time
 augmentation: scales 0.5, 0.75, 1.0, 1.25, 1.5, 1.75 of the test size, each also flipped (the paper's MS + flip).
 """
-from scalablevit.mmtools import test
+from scalablevit.openmmlab.runner import test
 
 METRICS = ('mIoU', 'mDice', 'mFscore')
 

@@ -1,7 +1,5 @@
 """segmentation/: the paper's six configs and a CPU train/test (plain and multi-scale + flip)/demo round trip."""
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,19 +11,15 @@ from PIL import Image  # noqa: E402
 
 import scalablevit.openmmlab  # noqa: E402,F401  (registers the backbone)
 
-SEGMENTATION = Path(__file__).resolve().parents[1] / 'segmentation'
-sys.path.insert(0, str(SEGMENTATION))
-from make_demo_ade import make_dataset  # noqa: E402
+from helpers import ROOT, run_command  # noqa: E402
 
-# Paper, Table 4 (millions); B and L must match to 0.15 M, S to 0.5 M (the released S is ~0.4 M smaller).
-PAPER_PARAMS = {
-    'fpn_scalablevit-s_4xb4-80k_ade20k-512x512': 30.4,
-    'fpn_scalablevit-b_4xb4-80k_ade20k-512x512': 79.0,
-    'fpn_scalablevit-l_4xb4-80k_ade20k-512x512': 105.5,
-    'upernet_scalablevit-s_8xb2-160k_ade20k-512x512': 56.5,
-    'upernet_scalablevit-b_8xb2-160k_ade20k-512x512': 107.0,
-    'upernet_scalablevit-l_8xb2-160k_ade20k-512x512': 135.5,
-}
+SEGMENTATION = ROOT / 'segmentation'
+sys.path.insert(0, str(SEGMENTATION))
+sys.path.insert(0, str(ROOT / 'tools'))
+from make_demo_ade import make_dataset  # noqa: E402
+from paper import param_tolerance, paper_params  # noqa: E402
+
+PAPER_PARAMS = paper_params('segmentation/configs/')  # the paper's Table 4, in millions
 
 
 @pytest.mark.parametrize('name', sorted(PAPER_PARAMS))
@@ -34,8 +28,7 @@ def test_config_parameter_count_matches_paper(name):
     cfg = Config.fromfile(str(SEGMENTATION / 'configs' / f'{name}.py'))
     init_default_scope('mmseg')
     params = sum(p.numel() for p in MODELS.build(cfg.model).parameters()) / 1e6
-    tolerance = 0.5 if '-s_' in name else 0.15
-    assert abs(params - PAPER_PARAMS[name]) <= tolerance, f'{name}: {params:.2f} M vs paper {PAPER_PARAMS[name]}'
+    assert abs(params - PAPER_PARAMS[name]) <= param_tolerance(name), f'{name}: {params:.2f} M vs paper {PAPER_PARAMS[name]}'
 
 
 @pytest.mark.parametrize('name', sorted(PAPER_PARAMS))
@@ -67,11 +60,11 @@ def test_config_settings_follow_the_paper(name):
 
 
 def run(args, cwd):
-    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    result = run_command(args, cwd)
     return result.stdout + result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', ['fpn', 'upernet'])
 def test_train_test_tta_and_demo_on_cpu(tmp_path, method):
     """Train a few iterations on a generated ADE20K-layout dataset, evaluate mIoU through test.py plainly and

@@ -6,4 +6,4 @@ model = dict(
         arch='base',
         drop_path_rate=0.3,
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/scalable_vit_base.pth')),
-    neck=dict(in_channels=[96, 192, 384, 768]))
+    neck=dict(in_channels=[192, 384, 768]))

@@ -6,4 +6,4 @@ model = dict(
         arch='large',
         drop_path_rate=0.3,
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/scalable_vit_large.pth')),
-    neck=dict(in_channels=[128, 256, 512, 1024]))
+    neck=dict(in_channels=[256, 512, 1024]))

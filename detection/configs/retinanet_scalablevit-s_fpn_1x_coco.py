@@ -1,5 +1,8 @@
 # RetinaNet + ScalableViT-S, 1x schedule (12 epochs), single scale 1333x800, 8 GPUs x 2 images.
 # The primitive of the RetinaNet family: the other RetinaNet configs are deltas on this one.
+# The FPN takes stages 1-3 (strides 8-32) and adds P6/P7 from the last input, as MMDetection's Swin RetinaNet:
+# stage 0 feeds nothing in RetinaNet, so it is not returned (an unused output would leave its norm without
+# gradients and stop multi-GPU DDP).
 _base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
 custom_imports = dict(imports=['scalablevit.openmmlab'], allow_failed_imports=False)
 
@@ -9,10 +12,10 @@ model = dict(
         _delete_=True,
         type='ScalableViTBackbone',
         arch='small',
-        out_indices=(0, 1, 2, 3),
+        out_indices=(1, 2, 3),
         drop_path_rate=0.2,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[64, 128, 256, 512]))
+    neck=dict(in_channels=[128, 256, 512], start_level=0, num_outs=5))
 
 # Paper, Table 8: AdamW, lr 1e-4, weight decay 1e-4; no decay on norms and the PEG.
 # The 500-iteration linear warm-up and the steps at epochs 8 and 11 come from the base schedule.

@@ -3,7 +3,7 @@
 _base_ = ['../mask-rcnn_scalablevit-s_fpn_1x_coco.py', './_base_/demo_coco.py']
 
 model = dict(
-    backbone=dict(arch={{_base_.demo_arch}}, init_cfg=None),
+    backbone=dict(arch='test', init_cfg=None),
     neck=dict(in_channels=[16, 32, 64, 128]),
     roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)))
 train_dataloader = {{_base_.demo_train_dataloader}}

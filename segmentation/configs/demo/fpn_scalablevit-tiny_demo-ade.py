@@ -4,7 +4,7 @@ _base_ = ['../fpn_scalablevit-s_4xb4-80k_ade20k-512x512.py', './_base_/demo_ade.
 
 model = dict(
     data_preprocessor=dict(size={{_base_.demo_crop_size}}),
-    backbone=dict(arch={{_base_.demo_arch}}, init_cfg=None),
+    backbone=dict(arch='test', init_cfg=None),
     neck=dict(in_channels=[16, 32, 64, 128]))
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
                         dataset=dict(data_root={{_base_.demo_data_root}}, pipeline={{_base_.demo_train_pipeline}}))

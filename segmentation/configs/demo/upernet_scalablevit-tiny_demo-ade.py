@@ -4,7 +4,7 @@ _base_ = ['../upernet_scalablevit-s_8xb2-160k_ade20k-512x512.py', './_base_/demo
 
 model = dict(
     data_preprocessor=dict(size={{_base_.demo_crop_size}}),
-    backbone=dict(arch={{_base_.demo_arch}}, init_cfg=None),
+    backbone=dict(arch='test', init_cfg=None),
     decode_head=dict(in_channels=[16, 32, 64, 128]),
     auxiliary_head=dict(in_channels=64))
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,

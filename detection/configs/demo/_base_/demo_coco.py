@@ -1,9 +1,7 @@
-# Settings shared by the CPU smoke configs: a narrow ScalableViT and small-scale pipelines for the dataset
+# Settings shared by the CPU smoke configs: small-scale pipelines for the dataset
 # that make_demo_coco.py generates. Only `demo_*` names, so this file can sit beside a model config in _base_.
 demo_data_root = 'data/demo_coco/'
 demo_metainfo = dict(classes=('disc', 'square', 'triangle'))
-demo_arch = dict(_delete_=True, embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8), depths=(2, 2, 2, 2),
-                 channel_ratios=(2., 1.25, 0.5, 1.))
 demo_train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),

@@ -8,6 +8,8 @@ from typing import Callable, List, Optional
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from .compat import prepare_cpu_distributed
+
 LAUNCHERS = ['none', 'pytorch', 'slurm', 'mpi']
 
 
@@ -32,6 +34,7 @@ def _load_config(args: argparse.Namespace) -> Config:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
+    prepare_cpu_distributed(cfg)
     return cfg
 
 

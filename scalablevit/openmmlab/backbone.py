@@ -1,0 +1,148 @@
+"""The models of this package as MMDetection / MMSegmentation backbones, through one generic mixin.
+
+A family becomes a backbone with one registration:
+
+    @register_backbone
+    class ScalableViTBackbone(DenseBackboneMixin, ScalableViT):
+        arch_settings = ARCH_SETTINGS
+        checkpoint_filter = staticmethod(checkpoint_filter_fn)
+
+The model class needs the timm API the mixin relies on: `feature_info`, `forward_intermediates`,
+`prune_intermediate_layers`, `set_grad_checkpointing` and a coarse `group_matcher` (stem, then one group per
+stage). Parameter names stay those of the classifier (`patch_embeds.*`, `stages.*`, ...), so ImageNet
+checkpoints load as they are; the mixin adds only `out_norms.*`.
+"""
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+from timm.models import group_parameters
+
+from ..checkpoint import load_state_dict
+from ..scalable_vit import ARCH_SETTINGS, LN_EPS, ScalableViT, checkpoint_filter_fn
+
+__all__ = ['DenseBackboneMixin', 'register_backbone', 'ScalableViTBackbone']
+
+
+class DenseBackboneMixin:
+    """Multi-scale NCHW features for dense prediction, for any model of this package.
+
+    Args:
+        arch: A name in the class's `arch_settings`, or a dict of the model's architecture arguments.
+        out_indices: Stages whose maps are returned; stages after the last one are not built.
+        frozen_stages: The stem and stages 0..frozen_stages are frozen (weights fixed, eval mode); -1
+            freezes none.
+        norm_outputs: A LayerNorm over channels on each returned map (`out_norms.<stage>`), as in
+            MMDetection's Swin; False returns the stage maps as the model makes them.
+        with_cp: Gradient checkpointing of every block (less memory, more compute).
+        init_cfg: `dict(type='Pretrained', checkpoint=PATH[, prefix='backbone.'][, use_ema=None])` loads
+            ImageNet (or detector) weights by the package's checkpoint policy (`scalablevit.checkpoint`:
+            EMA weights when present unless `use_ema=False`); the classifier, the classification norm and
+            pruned stages are left out, and what was missing or unused is logged.
+        **kwargs: Further model arguments (e.g. `drop_path_rate`, `window_size`).
+    """
+    arch_settings: Dict[str, Dict] = {}
+    checkpoint_filter: Callable = None
+
+    def __init__(
+            self,
+            arch: Union[str, Dict] = 'small',
+            out_indices: Sequence[int] = (0, 1, 2, 3),
+            frozen_stages: int = -1,
+            norm_outputs: bool = True,
+            with_cp: bool = False,
+            init_cfg: Optional[Dict] = None,
+            **kwargs,
+    ):
+        if isinstance(arch, str):
+            if arch not in self.arch_settings:
+                raise ValueError(f'arch must be one of {sorted(self.arch_settings)} or a dict, got {arch!r}')
+            arch = self.arch_settings[arch]
+        super().__init__(num_classes=0, **dict(arch, **kwargs))
+        num_stages = len(self.feature_info)
+        self.out_indices = tuple(sorted({i % num_stages for i in out_indices}))
+        self.frozen_stages = frozen_stages
+        self.init_cfg = init_cfg
+        # stage widths, read before pruning changes nothing about them
+        widths = [info['num_chs'] for info in self.feature_info]
+        self.prune_intermediate_layers(list(self.out_indices), prune_norm=True)
+        self.out_norms = nn.ModuleList([
+            nn.LayerNorm(widths[i], eps=LN_EPS) if norm_outputs and i in self.out_indices else nn.Identity()
+            for i in range(max(self.out_indices) + 1)
+        ])
+        self.set_grad_checkpointing(with_cp)
+        self._frozen_names = self._frozen_parameter_names()
+        self._freeze_stages()
+
+    def _frozen_parameter_names(self) -> List[str]:
+        """Parameters of the stem and of stages 0..frozen_stages (coarse groups 0..frozen_stages + 1)."""
+        if self.frozen_stages < 0:
+            return []
+        groups = group_parameters(self, self.group_matcher(coarse=True))
+        return [name for group_id in range(self.frozen_stages + 2) for name in groups.get(group_id, [])
+                if not name.startswith('out_norms.')]
+
+    def _freeze_stages(self) -> None:
+        frozen = set(self._frozen_names)
+        if not frozen:
+            return
+        for name, param in self.named_parameters():
+            if name in frozen:
+                param.requires_grad = False
+        # eval mode (dropout, drop path, norm statistics) for every module whose parameters are all frozen
+        for _, module in self.named_modules():
+            params = list(module.parameters())
+            if params and all(not p.requires_grad for p in params):
+                module.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def init_weights(self) -> None:
+        if not self.init_cfg or self.init_cfg.get('type') != 'Pretrained':
+            return  # the model's constructor already applied its own initialisation
+        path = self.init_cfg['checkpoint']
+        state_dict = load_state_dict(path, use_ema=self.init_cfg.get('use_ema'), prefix=self.init_cfg.get('prefix'))
+        state_dict = type(self).checkpoint_filter(state_dict, self)  # raises on tensors of another shape
+        own_keys = set(self.state_dict())
+        used = {k: v for k, v in state_dict.items() if k in own_keys}
+        if not used:
+            raise ValueError(f'checkpoint {path} has none of the tensors of {type(self).__name__} (its keys '
+                             f'start {sorted(state_dict)[:3]}): is it a checkpoint of this model family?')
+        result = self.load_state_dict(used, strict=False)
+        print_log(f'{type(self).__name__}: loaded {len(used)} tensors from {path}; missing (newly initialised): '
+                  f'{result.missing_keys or "none"}; not used: {len(state_dict) - len(used)} (classifier, '
+                  f'classification norm, pruned stages)', logger='current')
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        features = self.forward_intermediates(x, indices=list(self.out_indices), stop_early=True,
+                                              intermediates_only=True)
+        outs = []
+        for i, feat in zip(self.out_indices, features):
+            if isinstance(self.out_norms[i], nn.LayerNorm):
+                # LayerNorm over channels: B, C, H, W -> B, H, W, C -> B, C, H, W
+                feat = self.out_norms[i](feat.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+            outs.append(feat)
+        return tuple(outs)
+
+
+def register_backbone(cls: Type[nn.Module]) -> Type[nn.Module]:
+    """Register a backbone class in the model registry of each installed framework (MMDetection,
+    MMSegmentation), so configs reach it by `type=` name after `custom_imports`."""
+    for registry_module in ('mmdet.registry', 'mmseg.registry'):
+        try:
+            registry = __import__(registry_module, fromlist=['MODELS']).MODELS
+        except ImportError:
+            continue
+        registry.register_module(module=cls, force=True)
+    return cls
+
+
+@register_backbone
+class ScalableViTBackbone(DenseBackboneMixin, ScalableViT):
+    """ScalableViT at strides 4, 8, 16, 32; `arch` is 'small', 'base', 'large' or 'test' (the tiny model)."""
+    arch_settings = ARCH_SETTINGS
+    checkpoint_filter = staticmethod(checkpoint_filter_fn)

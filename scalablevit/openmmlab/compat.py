@@ -1,0 +1,91 @@
+"""What mmengine 0.10 needs on today's PyTorch: loading its own checkpoints under `torch.load`'s
+`weights_only=True` default, and distributed runs (`--launcher pytorch`) on machines without a GPU."""
+import argparse
+import codecs
+import copyreg
+import datetime
+import logging
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+from mmengine.logging import HistoryBuffer, print_log
+from mmengine.model import MMDistributedDataParallel
+from mmengine.registry import MODEL_WRAPPERS
+
+__all__ = ['allow_mmengine_checkpoints', 'CPUDistributedDataParallel', 'prepare_cpu_distributed']
+
+
+def _reduce_history_buffer(buffer: HistoryBuffer) -> tuple:
+    """Pickle a HistoryBuffer as its data; its statistics methods come back from the class."""
+    return HistoryBuffer, (buffer._log_history, buffer._count_history, buffer.max_length)
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Make mmengine checkpoints loadable under PyTorch's `torch.load(weights_only=True)` default.
+
+    mmengine 0.10 calls a bare `torch.load`, and its checkpoints hold the message hub: HistoryBuffers whose
+    pickled form includes bound methods (reached through `getattr`, which must never be allowlisted: with
+    it a checkpoint can call any function). Checkpoints written after this import pickle HistoryBuffers as
+    plain arrays instead, and exactly the types those need are allowlisted.
+    """
+    copyreg.pickle(HistoryBuffer, _reduce_history_buffer)
+    multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
+    allowed = [HistoryBuffer, argparse.Namespace, np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar,
+               codecs.encode]
+    allowed += [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32,
+                                              np.int64, np.uint8, np.bool_)]
+    torch.serialization.add_safe_globals(allowed)
+
+
+@MODEL_WRAPPERS.register_module(force=True)
+class CPUDistributedDataParallel(MMDistributedDataParallel):
+    """mmengine's DDP wrapper for models on the CPU: the Runner passes `device_ids=[LOCAL_RANK]`, which
+    PyTorch's DDP rejects for a CPU module, so it is dropped here."""
+
+    def __init__(self, module: torch.nn.Module, device_ids=None, **kwargs):
+        super().__init__(module=module, device_ids=None, **kwargs)
+
+
+def _sync_bn_to_bn(node) -> int:
+    """Turn every `type='SyncBN'` norm config under `node` into plain BN in place; returns how many."""
+    changed = 0
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+            changed += 1
+        for value in node.values():
+            changed += _sync_bn_to_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            changed += _sync_bn_to_bn(value)
+    return changed
+
+
+def prepare_cpu_distributed(cfg: Config) -> None:
+    """Let `--launcher pytorch` run on CPU processes (gloo), e.g. `dist_train.sh CONFIG 2` without a GPU.
+
+    mmengine's launcher calls `torch.cuda.set_device` and defaults to NCCL; here the process group is joined
+    with gloo first (the Runner then skips its own initialisation) and the model is wrapped by
+    `CPUDistributedDataParallel`. SyncBN exists only for GPUs: on CPU it becomes per-process BN, as mmengine
+    does for non-distributed runs. With a GPU, nothing changes.
+    """
+    if cfg.get('launcher', 'none') == 'none' or torch.cuda.is_available():
+        return
+    if _sync_bn_to_bn(cfg.model):
+        print_log('CPU distributed run: SyncBN layers run as per-process BN (SyncBN needs GPUs)',
+                  logger='current', level=logging.WARNING)
+    dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+    dist_cfg['backend'] = 'gloo'
+    if not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=dist_cfg.get('timeout', 1800))
+        dist.init_process_group(backend='gloo', timeout=timeout, rank=int(os.environ['RANK']),
+                                world_size=int(os.environ['WORLD_SIZE']))
+    wrapper = dict(cfg.get('model_wrapper_cfg') or {})
+    if wrapper.get('type', 'MMDistributedDataParallel') == 'MMDistributedDataParallel':
+        wrapper['type'] = 'CPUDistributedDataParallel'
+        wrapper.setdefault('broadcast_buffers', False)
+        wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+        cfg.model_wrapper_cfg = wrapper
