@@ -81,8 +81,6 @@ def check_image_folder(folder: Path, split: str) -> None:
 
 def build_dataset(is_train: bool, args: argparse.Namespace) -> Tuple[CheckedImageFolder, int]:
     """The train or val split of `args.data_path` and its number of classes."""
-    if args.data_set != 'IMNET':
-        raise UserInputError(f'--data-set {args.data_set} is not supported; use IMNET (any ImageFolder dataset).')
     root = Path(args.data_path)
     if not root.is_dir():
         raise UserInputError(f'--data-path {root} does not exist: point it at the folder holding train/ and val/.')

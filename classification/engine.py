@@ -70,7 +70,7 @@ def train_one_epoch(
 
         metric_logger.update(loss=loss_value, lr=optimizer.param_groups[0]['lr'])
     metric_logger.synchronize_between_processes()
-    print('Averaged stats:', metric_logger, flush=True)
+    utils.logger.info(f'Averaged stats: {metric_logger}')
     return {name: meter.global_avg for name, meter in metric_logger.meters.items()}
 
 
@@ -90,15 +90,14 @@ def evaluate(
         with autocast(device, amp_dtype):
             output = model(images)
             loss = criterion(output, targets)
-        top_k = min(5, output.shape[-1])
-        acc1, acc5 = accuracy(output, targets, topk=(1, top_k))
+        acc1, acc5 = accuracy(output, targets, topk=(1, 5))  # top-5 is top-k with fewer than 5 classes
         batch_size = images.shape[0]
         metric_logger.meters['loss'].update(loss.item(), n=batch_size)
         metric_logger.meters['acc1'].update(acc1.item(), n=batch_size)
         metric_logger.meters['acc5'].update(acc5.item(), n=batch_size)
     metric_logger.synchronize_between_processes()
-    print(f'* Acc@1 {metric_logger.acc1.global_avg:.3f} Acc@5 {metric_logger.acc5.global_avg:.3f} '
-          f'loss {metric_logger.loss.global_avg:.3f}', flush=True)
+    utils.logger.info(f'* Acc@1 {metric_logger.acc1.global_avg:.3f} Acc@5 {metric_logger.acc5.global_avg:.3f} '
+                      f'loss {metric_logger.loss.global_avg:.3f}')
     return {name: meter.global_avg for name, meter in metric_logger.meters.items()}
 
 
@@ -126,6 +125,6 @@ def throughput(
         if device.type == 'cuda':
             torch.cuda.synchronize()
     images_per_second = iterations * images.shape[0] / (time.perf_counter() - start)
-    print(f'batch_size {images.shape[0]} throughput {images_per_second:.1f} img/s '
-          f'({warmup} warm-up and {iterations} timed iterations)', flush=True)
+    utils.logger.info(f'batch_size {images.shape[0]} throughput {images_per_second:.1f} img/s '
+                      f'({warmup} warm-up and {iterations} timed iterations)')
     return images_per_second

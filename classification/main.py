@@ -21,7 +21,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, NativeScaler, ParseKwargs, get_state_dict
+from timm.utils import ModelEmaV3, NativeScaler, ParseKwargs, get_state_dict, random_seed
 
 import scalablevit  # noqa: F401  (registers the models in timm)
 
@@ -99,7 +99,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     # data, run and distributed settings
     parser.add_argument('--data-path', default='data/imagenet', type=str, help='folder with train/ and val/')
-    parser.add_argument('--data-set', default='IMNET', choices=['IMNET'], type=str)
     parser.add_argument('--skip-bad-images', action='store_true',
                         help='skip (and count) unreadable images instead of stopping')
     parser.add_argument('--output_dir', default='', help='where to save checkpoints and log.txt')
@@ -108,6 +107,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--resume', default='', help='checkpoint to resume or evaluate')
     parser.add_argument('--start_epoch', default=0, type=int, metavar='N')
     parser.add_argument('--eval', action='store_true', help='evaluate only')
+    parser.add_argument('--use-ema', action=argparse.BooleanOptionalAction, default=None,
+                        help='--eval/--throughput: the EMA weights (--use-ema) or the raw ones (--no-use-ema); '
+                             'default: EMA when the checkpoint has them (resuming training always takes both)')
     parser.add_argument('--throughput', action='store_true', help='measure inference img/s only')
     parser.add_argument('--throughput-warmup', default=50, type=int)
     parser.add_argument('--throughput-iters', default=30, type=int)
@@ -116,7 +118,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--pin-mem', action='store_true')
     parser.add_argument('--no-pin-mem', action='store_false', dest='pin_mem')
     parser.set_defaults(pin_mem=torch.cuda.is_available())
-    parser.add_argument('--world_size', default=1, type=int, help='set by the launcher')
     parser.add_argument('--dist_url', default='env://')
     parser.add_argument('--local_rank', '--local-rank', default=None, type=int,
                         help='set by `torch.distributed.launch` without --use_env')
@@ -164,15 +165,15 @@ def restore_training_state(checkpoint, source, optimizer, lr_scheduler, model_em
     optimizer.load_state_dict(checkpoint['optimizer'])
     lr_scheduler.load_state_dict(checkpoint['lr_scheduler'])
     if model_ema is not None and checkpoint.get('model_ema') is not None:
-        utils.load_model_weights(model_ema.module, checkpoint['model_ema'], f'{source} (model_ema)')
+        utils.load_model_weights(model_ema.module, {'model_ema': checkpoint['model_ema']}, source, use_ema=True)
     if loss_scaler is not None and checkpoint.get('scaler') is not None:
         loss_scaler.load_state_dict(checkpoint['scaler'])
     rng_states = checkpoint.get('rng', [])
     if len(rng_states) == utils.get_world_size():
         utils.restore_rng_state(rng_states[utils.get_rank()])
     else:
-        print(f'checkpoint has RNG states for {len(rng_states)} processes, this run has '
-              f'{utils.get_world_size()}: continuing with fresh random streams')
+        utils.logger.warning(f'checkpoint has RNG states for {len(rng_states)} processes, this run has '
+                             f'{utils.get_world_size()}: continuing with fresh random streams')
     start_epoch = checkpoint['epoch'] + 1
     lr_scheduler.step(start_epoch)  # the learning rate the uninterrupted run would use next
     return start_epoch, checkpoint.get('max_accuracy', 0.0)
@@ -191,13 +192,12 @@ def validate_args(args) -> None:
 
 def main(args) -> None:
     validate_args(args)
-    utils.init_distributed_mode(args)
-    print(args)
-    device = torch.device(args.device)
+    device = utils.init_distributed(args)
+    utils.logger.info(str(args))
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     amp_dtype = AMP_DTYPES[args.amp_dtype] if device.type == 'cuda' else None
-    utils.seed_everything(args.seed + utils.get_rank())
+    random_seed(args.seed, utils.get_rank())
 
     dataset_val, num_classes = build_dataset(is_train=False, args=args)
     dataset_train = None
@@ -222,18 +222,18 @@ def main(args) -> None:
             prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
             label_smoothing=args.smoothing, num_classes=num_classes)
 
-    print(f'Creating model: {args.model}')
+    utils.logger.info(f'Creating model: {args.model}')
     model = create_classifier(args, num_classes).to(device)
     model_without_ddp = model
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f'number of params: {n_parameters}')
+    utils.logger.info(f'number of params: {n_parameters}')
     model_ema = None
     if args.model_ema:
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
                                device=torch.device('cpu') if args.model_ema_force_cpu else None)
     if args.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[args.gpu] if device.type == 'cuda' else None)
+            model, device_ids=[args.local_rank] if device.type == 'cuda' else None)
         model_without_ddp = model.module
 
     args.lr = args.lr * args.batch_size * utils.get_world_size() / 512.0
@@ -265,24 +265,30 @@ def main(args) -> None:
     max_accuracy = 0.0
     if resume:
         checkpoint = utils.load_checkpoint_file(resume)
-        utils.load_model_weights(model_without_ddp, checkpoint, resume)
-        print(f'Loaded model weights from {resume}')
-        if not (args.eval or args.throughput) and all(k in checkpoint for k in ('optimizer', 'lr_scheduler', 'epoch')):
+        evaluating = args.eval or args.throughput
+        resuming = not evaluating and all(k in checkpoint for k in ('optimizer', 'lr_scheduler', 'epoch'))
+        # evaluation follows the checkpoint policy (EMA when present, unless --no-use-ema); resuming training
+        # restores the raw weights here and the EMA weights into the EMA
+        chosen = utils.load_model_weights(model_without_ddp, checkpoint, resume,
+                                          use_ema=args.use_ema if evaluating else False)
+        utils.logger.info(f'Loaded the {chosen!r} weights of {resume}')
+        if resuming:
             args.start_epoch, max_accuracy = restore_training_state(
                 checkpoint, resume, optimizer, lr_scheduler, model_ema, loss_scaler)
-            print(f'Resuming training at epoch {args.start_epoch}')
+            utils.logger.info(f'Resuming training at epoch {args.start_epoch}')
 
     if args.throughput:
         throughput(loader_val, model_without_ddp, device, amp_dtype, args.throughput_warmup, args.throughput_iters)
         return
     if args.eval:
         test_stats = evaluate(loader_val, model, device, amp_dtype)
-        print(f'Accuracy of the network on the {len(dataset_val)} test images: {test_stats["acc1"]:.1f}%')
+        utils.logger.info(f'Accuracy of the network on the {len(dataset_val)} test images: '
+                          f'{test_stats["acc1"]:.1f}%')
         return
 
     if output_dir is not None and utils.is_main_process():
         utils.truncate_log(output_dir, args.start_epoch)
-    print(f'Start training for {args.epochs} epochs')
+    utils.logger.info(f'Start training for {args.epochs} epochs')
     start_time = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         if args.distributed:
@@ -292,12 +298,13 @@ def main(args) -> None:
             args.clip_grad or None, model_ema, mixup_fn)
         lr_scheduler.step(epoch + 1)
         test_stats = evaluate(loader_val, model, device, amp_dtype)
-        print(f'Accuracy of the network on the {len(dataset_val)} test images: {test_stats["acc1"]:.1f}%')
+        utils.logger.info(f'Accuracy of the network on the {len(dataset_val)} test images: '
+                          f'{test_stats["acc1"]:.1f}%')
         is_best = test_stats['acc1'] > max_accuracy
         max_accuracy = max(max_accuracy, test_stats['acc1'])
-        print(f'Max accuracy: {max_accuracy:.2f}%')
+        utils.logger.info(f'Max accuracy: {max_accuracy:.2f}%')
         if dataset_train.num_skipped:
-            print(f'skipped {dataset_train.num_skipped} unreadable training images so far')
+            utils.logger.info(f'skipped {dataset_train.num_skipped} unreadable training images so far')
 
         # Every rank's RNG state goes into the checkpoint, so a resumed run continues each stream exactly.
         rng_states = [utils.capture_rng_state()]
@@ -325,7 +332,7 @@ def main(args) -> None:
             utils.atomic_save(checkpoint, output_dir / 'checkpoint.pth')
 
     total_time = datetime.timedelta(seconds=int(time.time() - start_time))
-    print(f'Training time {total_time}')
+    utils.logger.info(f'Training time {total_time}')
 
 
 if __name__ == '__main__':

@@ -2,19 +2,23 @@
 import argparse
 import datetime
 import json
+import logging
 import os
 import random
+import sys
 import time
 from collections import defaultdict, deque
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator
+from typing import Any, Dict, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from timm.utils import init_distributed_device
 
 from scalablevit import checkpoint as checkpoint_io
-from scalablevit.scalable_vit import checkpoint_filter_fn, compare_state_dict, describe_mismatch
+
+logger = logging.getLogger('classification')
 
 
 class UserInputError(ValueError):
@@ -104,11 +108,11 @@ class MetricLogger:
             iter_time.update(time.time() - end)
             if i % print_freq == 0 or i == total - 1:
                 eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
-                print(f'{header} [{i:>{width}}/{total}]  eta: {eta}  {self}  '
-                      f'time: {iter_time}  data: {data_time}', flush=True)
+                logger.info(f'{header} [{i:>{width}}/{total}]  eta: {eta}  {self}  '
+                            f'time: {iter_time}  data: {data_time}')
             end = time.time()
         elapsed = datetime.timedelta(seconds=int(time.time() - start))
-        print(f'{header} Total time: {elapsed} ({(time.time() - start) / max(total, 1):.4f} s / it)', flush=True)
+        logger.info(f'{header} Total time: {elapsed} ({(time.time() - start) / max(total, 1):.4f} s / it)')
 
 
 def is_dist_avail_and_initialized() -> bool:
@@ -131,39 +135,37 @@ def _collective_device() -> torch.device:
     return torch.device('cuda') if dist.get_backend() == 'nccl' else torch.device('cpu')
 
 
-def init_distributed_mode(args: argparse.Namespace) -> None:
-    """Join the process group described by torchrun's (or `torch.distributed.launch --use_env`'s) env vars.
+def setup_logging(rank: int) -> None:
+    """Rank-aware logging: rank 0 logs progress (INFO) to stdout; other ranks log only warnings and errors, to
+    stderr and prefixed with their rank, so a failure on any rank stays visible."""
+    handler = _ConsoleHandler()
+    handler.setFormatter(logging.Formatter('%(message)s' if rank == 0 else f'[rank {rank}] %(message)s'))
+    logger.handlers = [handler]
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logger.propagate = False
 
-    NCCL on GPU, gloo on CPU. Sets args.distributed, args.rank, args.world_size, args.gpu.
+
+class _ConsoleHandler(logging.Handler):
+    """INFO to the current sys.stdout, WARNING and above to sys.stderr (looked up per record, so redirected
+    streams are followed)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        stream.write(self.format(record) + '\n')
+        stream.flush()
+
+
+def init_distributed(args: argparse.Namespace) -> torch.device:
+    """Join the process group that torchrun, `torch.distributed.launch --use_env` or Slurm describe (timm's
+    `init_distributed_device`: NCCL on GPU, gloo on CPU), set up rank-aware logging and return the device.
+
+    Sets args.distributed, args.rank, args.world_size, args.local_rank and args.device.
     """
-    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
-        args.distributed, args.rank, args.world_size, args.gpu = False, 0, 1, None
-        return
-    args.rank = int(os.environ['RANK'])
-    args.world_size = int(os.environ['WORLD_SIZE'])
-    args.gpu = int(os.environ.get('LOCAL_RANK', args.local_rank or 0))
-    args.distributed = True
-    use_cuda = args.device.startswith('cuda') and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(args.gpu)
-        args.device = f'cuda:{args.gpu}'
-    backend = 'nccl' if use_cuda else 'gloo'
-    print(f'| distributed init (rank {args.rank} of {args.world_size}, {backend}): {args.dist_url}', flush=True)
-    dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank)
-    dist.barrier()
-    _print_only_on_master(args.rank == 0)
-
-
-def _print_only_on_master(is_master: bool) -> None:
-    """Silence print() on all ranks but 0; `print(..., force=True)` still prints."""
-    import builtins
-    builtin_print = builtins.print
-
-    def print_(*args: Any, **kwargs: Any) -> None:
-        if kwargs.pop('force', False) or is_master:
-            builtin_print(*args, **kwargs)
-
-    builtins.print = print_
+    device = init_distributed_device(args)
+    setup_logging(args.rank)
+    if args.distributed:
+        logger.info(f'distributed init (rank {args.rank} of {args.world_size}, {dist.get_backend()})')
+    return device
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -212,20 +214,25 @@ def load_checkpoint_file(path: str) -> Dict[str, Any]:
         raise UserInputError(str(e)) from None
 
 
-def load_model_weights(model: torch.nn.Module, checkpoint: Dict[str, Any], source: str) -> None:
-    """Load model weights from any supported checkpoint layout, strictly, with an error that names
-    missing, unexpected and shape-mismatched keys (e.g. a checkpoint for another model or class count)."""
+def load_model_weights(model: torch.nn.Module, checkpoint: Dict[str, Any], source: str,
+                       use_ema: Optional[bool] = None) -> str:
+    """Load model weights from any supported checkpoint layout by the package's checkpoint policy
+    (`scalablevit.checkpoint`: EMA weights when present unless `use_ema=False`), strictly, with an error that
+    names missing, unexpected and shape-mismatched keys (e.g. a checkpoint for another model or class count).
+    Returns which weights were loaded ('model', 'model_ema', ...)."""
     try:
-        state_dict = checkpoint_filter_fn(checkpoint, model)
+        state_dict, chosen = checkpoint_io.select_state_dict(checkpoint, use_ema)
     except ValueError as e:
         raise UserInputError(f'checkpoint {source}: {e}') from None
-    shape_errors, missing, unexpected = compare_state_dict(state_dict, model)
+    shape_errors, missing, unexpected = checkpoint_io.compare_state_dict(state_dict, model)
     if shape_errors or missing or unexpected:
+        kind = 'another variant?' if shape_errors else 'another model?'
         raise UserInputError(
             f'checkpoint {source} does not fit --model {model.pretrained_cfg["architecture"]} with '
-            f'{model.num_classes} classes (check --model, --nb-classes/--data-path):\n'
-            f'{describe_mismatch(shape_errors, missing, unexpected)}')
+            f'{model.num_classes} classes ({kind} the class count comes from the class folders under '
+            f'--data-path):\n{checkpoint_io.describe_mismatch(shape_errors, missing, unexpected)}')
     model.load_state_dict(state_dict, strict=True)
+    return chosen
 
 
 def capture_rng_state() -> Dict[str, Any]:
@@ -267,9 +274,3 @@ def truncate_log(output_dir: Path, start_epoch: int) -> None:
     kept = [line for line in log.read_text().splitlines()
             if line.strip() and json.loads(line).get('epoch', -1) < start_epoch]
     atomic_write_text(''.join(line + '\n' for line in kept), log)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

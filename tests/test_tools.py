@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / 'tools'))
 import export_onnx  # noqa: E402
 import get_flops  # noqa: E402
 
-from conftest import TINY_ARGS  # noqa: E402
+from helpers import TINY_ARGS, TINY_MODEL  # noqa: E402
 
 
 def run(*args):
@@ -74,6 +74,18 @@ def test_onnx_cli_with_checkpoint(tmp_path):
     assert 'outputs: stage0, stage1, stage2, stage3' in out and '97x131' in out
 
 
+def test_onnx_export_reads_checkpoints_by_the_ema_rule(tmp_path):
+    sys.path.insert(0, str(ROOT / 'tools'))
+    from export_onnx import build
+    raw = timm.create_model(TINY_MODEL).state_dict()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in raw.items()}
+    checkpoint = tmp_path / 'trained.pth'
+    torch.save({'model': raw, 'model_ema': ema}, checkpoint)
+    for use_ema, expected in ((None, ema), (True, ema), (False, raw)):
+        weights = build(TINY_MODEL, str(checkpoint), False, {}, use_ema).state_dict()
+        assert all(torch.equal(weights[k], expected[k]) for k in expected), use_ema
+
+
 def test_plot_mmengine_logs(tmp_path):
     run_dir = tmp_path / 'work' / '20260101_000000' / 'vis_data'
     run_dir.mkdir(parents=True)
@@ -81,7 +93,7 @@ def test_plot_mmengine_logs(tmp_path):
     rows.append({'coco/bbox_mAP': 0.12, 'coco/bbox_mAP_50': 0.3, 'step': 1})
     (run_dir / 'scalars.json').write_text(''.join(json.dumps(r) + '\n' for r in rows))
     out = tmp_path / 'curves.png'
-    run(ROOT / 'tools' / 'plot_mm_logs.py', tmp_path / 'work', '--out', out)
+    run(ROOT / 'tools' / 'plot_logs.py', tmp_path / 'work', '--out', out)
     image = np.asarray(Image.open(out).convert('L'))
     assert image.shape[1] > 1000 and len(np.unique(image)) > 10
 
