@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Set up the project on a fresh machine: a virtual environment in .venv with the exact tested versions
-# (requirements.txt), mmcv built from source with its compiled ops, and the scalablevit package (editable).
+# Set up the project on a fresh machine in .venv, with the exact tested versions:
+#   bash setup.sh              the model package and classification/ (requirements.txt): about a minute
+#   bash setup.sh --openmmlab  + detection/ and segmentation/ (requirements-openmmlab.txt, mmcv 2.1.0 compiled
+#                              with its ops: about 12 minutes on 2 cores the first time, then cached)
+#   bash setup.sh --all        + the tests and the ONNX tools (requirements-dev.txt): what CI runs
 # Re-running it is cheap: an existing .venv is reused and only what changed is installed.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,41 +12,61 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 MMCV_VERSION=2.1.0
 
+openmmlab=0
+dev=0
+for arg in "$@"; do
+    case "$arg" in
+        --openmmlab) openmmlab=1 ;;
+        --all) openmmlab=1; dev=1 ;;
+        *) echo "usage: bash setup.sh [--openmmlab | --all]" >&2; exit 2 ;;
+    esac
+done
+
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install --quiet -r requirements.txt -e .
+requirements=(-r requirements.txt)
+[ "$openmmlab" = 1 ] && requirements+=(-r requirements-openmmlab.txt)
+[ "$dev" = 1 ] && requirements+=(-r requirements-dev.txt)
+"${PIP[@]}" install --quiet "${requirements[@]}" -e .
 
-# mmcv 2.1.0 (what mmdet 3.3 and mmseg 1.2 accept) publishes no wheels for this torch, so it is compiled here:
-# CPU ops, plus CUDA ops when torch sees a GPU and nvcc is installed. The wheel is cached per torch, Python
-# and ops flavour ($SCALABLEVIT_CACHE, default ~/.cache/scalablevit); without the cache it is rebuilt
-# (about 10 minutes on 2 cores).
-if ! "$VENV/bin/python" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
-    flavour=$("$VENV/bin/python" -c "
+if [ "$openmmlab" = 1 ]; then
+    # mmcv 2.1.0 (what mmdet 3.3 and mmseg 1.2 accept) publishes no wheels for this torch, so it is compiled
+    # here: CPU ops, plus CUDA ops when torch sees a GPU and nvcc is installed. The wheel is cached per torch,
+    # Python and ops flavour ($SCALABLEVIT_CACHE, default ~/.cache/scalablevit); without the cache it is
+    # rebuilt (about 10 minutes on 2 cores).
+    if ! "$VENV/bin/python" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
+        flavour=$("$VENV/bin/python" -c "
 import sys, torch, shutil
 ops = 'cuda' if torch.cuda.is_available() and shutil.which('nvcc') else 'cpu'
 print(f'torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{ops}')")
-    cache="${SCALABLEVIT_CACHE:-$HOME/.cache/scalablevit}/mmcv-$MMCV_VERSION-$flavour"
-    wheel=$(ls "$cache"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
-    if [ -z "$wheel" ]; then
-        echo "Building mmcv $MMCV_VERSION with ops ($flavour); this takes a while ..."
-        build_dir=$(mktemp -d)
-        # --no-cache-dir: pip's own wheel cache ignores which torch a wheel was compiled against
-        MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" wheel --quiet --no-cache-dir \
-            --no-build-isolation --no-deps -w "$build_dir" "mmcv==$MMCV_VERSION"
-        mkdir -p "$cache"
-        built=$(ls "$build_dir"/mmcv-*.whl)
-        # copy under a temporary name, then rename: an interrupted setup never leaves a partial wheel cached
-        cp "$built" "$cache/$(basename "$built").part"
-        mv "$cache/$(basename "$built").part" "$cache/$(basename "$built")"
-        rm -rf "$build_dir"
-        wheel="$cache/$(basename "$built")"
+        cache="${SCALABLEVIT_CACHE:-$HOME/.cache/scalablevit}/mmcv-$MMCV_VERSION-$flavour"
+        wheel=$(ls "$cache"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
+        if [ -z "$wheel" ]; then
+            echo "Building mmcv $MMCV_VERSION with ops ($flavour); this takes a while ..."
+            build_dir=$(mktemp -d)
+            # --no-cache-dir: pip's own wheel cache ignores which torch a wheel was compiled against
+            MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" wheel --quiet --no-cache-dir \
+                --no-build-isolation --no-deps -w "$build_dir" "mmcv==$MMCV_VERSION"
+            mkdir -p "$cache"
+            built=$(ls "$build_dir"/mmcv-*.whl)
+            # copy under a temporary name, then rename: an interrupted setup never leaves a partial wheel cached
+            cp "$built" "$cache/$(basename "$built").part"
+            mv "$cache/$(basename "$built").part" "$cache/$(basename "$built")"
+            rm -rf "$build_dir"
+            wheel="$cache/$(basename "$built")"
+        fi
+        "${PIP[@]}" install --quiet --no-deps --force-reinstall "$wheel"
     fi
-    "${PIP[@]}" install --quiet --no-deps --force-reinstall "$wheel"
 fi
 
-"$VENV/bin/python" -c "
-import scalablevit, timm, torch, mmcv, mmcv.ops, mmdet, mmseg
-print(f'scalablevit {scalablevit.__version__}, timm {timm.__version__}, torch {torch.__version__}, '
-      f'mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}, mmseg {mmseg.__version__}: ready')"
+"$VENV/bin/python" - "$openmmlab" <<'PY'
+import sys
+import scalablevit, timm, torch
+line = f'scalablevit {scalablevit.__version__}, timm {timm.__version__}, torch {torch.__version__}'
+if sys.argv[1] == '1':
+    import mmcv, mmcv.ops, mmdet, mmseg
+    line += f', mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}, mmseg {mmseg.__version__}'
+print(f'{line}: ready')
+PY
