@@ -709,5 +709,5 @@ def scalable_vit_large(pretrained: bool = False, **kwargs) -> ScalableViT:
 
 @register_model
 def scalable_vit_test(pretrained: bool = False, **kwargs) -> ScalableViT:
-    """A tiny ScalableViT (0.3 M parameters) for tests and CPU demos; not a paper model."""
+    """A tiny ScalableViT (0.64 M parameters) for tests and CPU demos; not a paper model."""
     return _create_scalable_vit('scalable_vit_test', pretrained, **dict(ARCH_SETTINGS['test'], **kwargs))

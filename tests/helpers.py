@@ -12,7 +12,7 @@ import timm
 import torch
 
 import scalablevit  # noqa: F401  (registers the models in timm)
-from scalablevit import scalable_vit
+from scalablevit import scalable_vit, vsa
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(__file__).parent / 'data'
@@ -29,13 +29,19 @@ ATTENTION_PATHS = ('fast', 'sdpa', 'explicit')
 def select_attention_path(monkeypatch: pytest.MonkeyPatch, path: str) -> bool:
     """Make `path` the one taken; returns the `fused` flag to pass (or to give `set_fused_attn`)."""
     if path == 'sdpa':
-        monkeypatch.setattr(scalable_vit, 'sdpa_is_faster', lambda q, k, v: True)
+        for module in (scalable_vit, vsa):
+            monkeypatch.setattr(module, 'sdpa_is_faster', lambda q, k, v: True)
     return path != 'explicit'
 
 
-def read_state_dict_spec(variant: str):
-    """Rows (key, shape, is_layernorm_weight) of the released state dict, in file order."""
-    lines = (DATA_DIR / f'scalable_vit_{variant}.state_dict.tsv').read_text().splitlines()[1:]
+def _reference_name(name: str) -> str:
+    """'small' / 'base' / 'large' name ScalableViT's files; other names are file stems in tests/data."""
+    return f'scalable_vit_{name}' if name in VARIANTS else name
+
+
+def read_state_dict_spec(name: str):
+    """Rows (key, shape, is_layernorm_weight) of the released state dict's parameters, in file order."""
+    lines = (DATA_DIR / f'{_reference_name(name)}.state_dict.tsv').read_text().splitlines()[1:]
     rows = []
     for line in lines:
         key, shape, is_ln = line.split('\t')
@@ -43,11 +49,18 @@ def read_state_dict_spec(variant: str):
     return rows
 
 
-def golden_state_dict(variant: str) -> Dict[str, torch.Tensor]:
-    """The reference's deterministic weights: N(0, 0.02²) in float64 (+1 on LayerNorm weights), as float32."""
+def read_buffer_keys(name: str) -> List[str]:
+    """Keys of the released state dict's buffers (`<name>.buffers.tsv`)."""
+    lines = (DATA_DIR / f'{_reference_name(name)}.buffers.tsv').read_text().splitlines()[1:]
+    return [line.split('\t')[0] for line in lines]
+
+
+def golden_state_dict(name: str) -> Dict[str, torch.Tensor]:
+    """The reference's deterministic weights: N(0, 0.02²) in float64 (+1 on LayerNorm weights), as float32
+    (parameters only: buffers keep the values the model constructs)."""
     g = torch.Generator().manual_seed(0)
     state_dict = {}
-    for key, shape, is_ln in read_state_dict_spec(variant):
+    for key, shape, is_ln in read_state_dict_spec(name):
         t = torch.randn(shape, generator=g, dtype=torch.float64) * 0.02
         if is_ln:
             t += 1.0
@@ -55,12 +68,12 @@ def golden_state_dict(variant: str) -> Dict[str, torch.Tensor]:
     return state_dict
 
 
-def golden_input() -> torch.Tensor:
-    return torch.randn((2, 3, 224, 224), generator=torch.Generator().manual_seed(1))
+def golden_input(size: int = 224, seed: int = 1) -> torch.Tensor:
+    return torch.randn((2, 3, size, size), generator=torch.Generator().manual_seed(seed))
 
 
-def golden_outputs(variant: str) -> dict:
-    return json.loads((DATA_DIR / f'scalable_vit_{variant}.golden.json').read_text())
+def golden_outputs(name: str) -> dict:
+    return json.loads((DATA_DIR / f'{_reference_name(name)}.golden.json').read_text())
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -1,0 +1,197 @@
+"""Varied-Size Window Attention (VSA)
+
+A PyTorch implementation of the attention of:
+* `VSA: Learning Varied-Size Window Attention in Vision Transformers` (ECCV 2022)
+  - https://arxiv.org/abs/2204.08446
+
+Queries stay on the regular grid of non-overlapping s x s windows. For every window and head, a regressor
+reads the window's mean (average pool, LeakyReLU, 1x1 conv) and predicts an offset and a scale; keys and
+values are then resampled bilinearly on the moved and stretched s x s grid, and each query window attends
+to its resampled key/value window with Swin's relative position bias.
+
+The function is that of the released Swin+VSA module (QFormer's `VSAAttention`): projection before zero
+padding at the bottom/right, offsets divided by the padded window counts, scale = 1 + prediction,
+`align_corners=True`, zero padding outside the map, no mask (padded and out-of-map keys are zero vectors
+that still take part). Parameter names are the release's, so its checkpoints load with `strict=True`. The
+regressor starts at zero: a freshly built module is plain (non-shifted) window attention.
+"""
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import register_notrace_function, trunc_normal_, use_fused_attn
+
+from .scalable_vit import sdpa_is_faster
+
+__all__ = ['VSAttention', 'attend_with_bias', 'relative_position_index', 'window_sampling_grid']
+
+
+def relative_position_index(window_size: int) -> torch.Tensor:
+    """Swin's (s², s²) index into the ((2s-1)², heads) bias table: for tokens p = (r_p, c_p), q = (r_q, c_q)
+    of an s x s window in row-major order, (r_p - r_q + s - 1)·(2s - 1) + (c_p - c_q + s - 1)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing='ij'))
+    coords = coords.flatten(1)  # 2, s²
+    relative = coords[:, :, None] - coords[:, None, :] + window_size - 1  # 2, s², s²
+    return relative[0] * (2 * window_size - 1) + relative[1]
+
+
+def window_sampling_grid(regression: torch.Tensor, window_size: int) -> torch.Tensor:
+    """Sampling points of every varied-size window, normalised for `grid_sample(align_corners=True)`.
+
+    Args:
+        regression: (B, heads, 4, nH, nW) raw regressor output per window: x-offset, y-offset, x-scale,
+            y-scale. Offsets are in units of one window count (divided by nW / nH), scales add to 1.
+
+    Returns:
+        (B·heads, nH·s, nW·s, 2) grid of (x, y); with a zero regression the points are exactly the pixel
+        centres of the default windows of the padded map.
+    """
+    B, heads, _, nH, nW = regression.shape
+    s = window_size
+    Hp, Wp = nH * s, nW * s
+    device, dtype = regression.device, regression.dtype
+    offset_x = regression[:, :, 0] / nW  # B, heads, nH, nW
+    offset_y = regression[:, :, 1] / nH
+    scale_x = 1 + regression[:, :, 2]
+    scale_y = 1 + regression[:, :, 3]
+    # window centres and in-window spreads in normalised coordinates (-1 / +1: first / last pixel centre)
+    centre_x = -1 + (2 * s * torch.arange(nW, device=device, dtype=dtype) + s - 1) / (Wp - 1)  # nW
+    centre_y = -1 + (2 * s * torch.arange(nH, device=device, dtype=dtype) + s - 1) / (Hp - 1)  # nH
+    spread = torch.arange(s, device=device, dtype=dtype) - (s - 1) / 2  # s
+    spread_x, spread_y = spread * (2 / (Wp - 1)), spread * (2 / (Hp - 1))
+    # B, heads, nH, nW -> B, heads, nH, 1, nW, 1 (window row a, in-window row i, window column b, column j)
+    x = (centre_x[None, None, None, None, :, None] + offset_x[:, :, :, None, :, None]
+         + scale_x[:, :, :, None, :, None] * spread_x[None, None, None, None, None, :])
+    y = (centre_y[None, None, :, None, None, None] + offset_y[:, :, :, None, :, None]
+         + scale_y[:, :, :, None, :, None] * spread_y[None, None, None, :, None, None])
+    x = x.expand(B, heads, nH, s, nW, s)
+    y = y.expand(B, heads, nH, s, nW, s)
+    # B, heads, nH, s, nW, s, 2 -> B·heads, Hp, Wp, 2
+    return torch.stack((x, y), dim=-1).reshape(B * heads, Hp, Wp, 2)
+
+
+@register_notrace_function  # reason: the kernel choice depends on shapes and device
+def attend_with_bias(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor,
+        scale: float,
+        dropout_p: float,
+        fused: bool,
+) -> torch.Tensor:
+    """softmax(q·kᵀ·scale + bias)·v over the last two dims: `scaled_dot_product_attention` with the bias as
+    an additive mask where that is the faster kernel (`fused` and `sdpa_is_faster`), else explicit ops."""
+    if fused and sdpa_is_faster(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+    attn = (q * scale) @ k.transpose(-2, -1) + bias
+    attn = attn.softmax(dim=-1)
+    if dropout_p > 0.:
+        attn = F.dropout(attn, p=dropout_p)
+    return attn @ v
+
+
+@register_notrace_function  # reason: a data-dependent check
+def check_finite_regression(regression: torch.Tensor) -> torch.Tensor:
+    """Stop with a clear message when the window regressor predicts NaN/inf (then every window would read
+    undefined points); on GPUs the check does not synchronise."""
+    if not torch.jit.is_scripting() and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+        torch._assert_async(torch.isfinite(regression).all(),
+                            'VSA window regressor produced non-finite offsets/scales: the input or the '
+                            'weights hold NaN/inf (check the data, lower the learning rate or clip gradients)')
+    return regression
+
+
+class VSAttention(nn.Module):
+    """Varied-size window attention on a (B, H, W, C) map; any H, W (padded to window multiples).
+
+    Args:
+        dim: Channels (in and out).
+        num_heads: Attention heads; the regressor predicts one window per head.
+        window_size: s, the side of the default (query) window.
+        qkv_bias: Bias of the q/k/v projection.
+        attn_drop: Dropout on attention weights (the release builds it but never applies it: 0 matches).
+        proj_drop: Dropout after the output projection (same remark).
+    """
+    fused_attn: torch.jit.Final[bool]
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            window_size: int = 7,
+            qkv_bias: bool = True,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+    ):
+        super().__init__()
+        assert dim % num_heads == 0, f'dim ({dim}) must be divisible by num_heads ({num_heads})'
+        self.dim = dim
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.fused_attn = use_fused_attn()
+        # registered in the release's order: bias table, qkv, proj, regressor
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.register_buffer('relative_position_index', relative_position_index(window_size), persistent=True)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        # the regressor: window mean -> LeakyReLU -> 1x1 conv to (x-offset, y-offset, x-scale, y-scale) per head
+        self.transform = nn.Sequential(
+            nn.AvgPool2d(kernel_size=window_size, stride=window_size),
+            nn.LeakyReLU(),
+            nn.Conv2d(dim, num_heads * 4, kernel_size=1),
+        )
+        trunc_normal_(self.relative_position_bias_table, std=.02)
+        self.reset_regressor()
+
+    def reset_regressor(self) -> None:
+        """Zero the regressor: every window is the default one (plain window attention)."""
+        nn.init.zeros_(self.transform[2].weight)
+        nn.init.zeros_(self.transform[2].bias)
+
+    def relative_position_bias(self) -> torch.Tensor:
+        """(heads, s², s²) additive attention bias."""
+        s2 = self.window_size * self.window_size
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(s2, s2, self.num_heads).permute(2, 0, 1)
+
+    def window_regression(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, heads, 4, nH, nW) raw regressor output of a (B, C, Hp, Wp) zero-padded map."""
+        B = x.shape[0]
+        regression = self.transform(x)
+        return regression.view(B, self.num_heads, 4, regression.shape[-2], regression.shape[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        s, heads, d = self.window_size, self.num_heads, self.head_dim
+        nH, nW = (H + s - 1) // s, (W + s - 1) // s
+        pad_b, pad_r = nH * s - H, nW * s - W
+        Hp, Wp = nH * s, nW * s
+        # projection first, then zero padding: padded q/k/v are exactly zero
+        qkv = self.qkv(x).permute(0, 3, 1, 2)  # B, 3C, H, W
+        qkv = F.pad(qkv, (0, pad_r, 0, pad_b))
+        regression = self.window_regression(F.pad(x.permute(0, 3, 1, 2), (0, pad_r, 0, pad_b)))
+        grid = window_sampling_grid(check_finite_regression(regression), s).to(qkv.dtype)
+        # B, 3C, Hp, Wp -> B, 3, heads, d, Hp, Wp; k and v are resampled together (one grid_sample)
+        qkv = qkv.view(B, 3, heads, d, Hp, Wp)
+        q = qkv[:, 0].reshape(B * heads, d, Hp, Wp)
+        kv = qkv[:, 1:].transpose(1, 2).reshape(B * heads, 2 * d, Hp, Wp)
+        kv = F.grid_sample(kv, grid, mode='bilinear', padding_mode='zeros', align_corners=True)
+        # B·heads, d, Hp, Wp -> B, heads, d, nH, s, nW, s -> B·nH·nW, heads, s², d
+        q = q.view(B, heads, d, nH, s, nW, s).permute(0, 3, 5, 1, 4, 6, 2).reshape(-1, heads, s * s, d)
+        kv = kv.view(B, heads, 2, d, nH, s, nW, s).permute(2, 0, 4, 6, 1, 5, 7, 3).reshape(2, -1, heads, s * s, d)
+        bias = self.relative_position_bias().unsqueeze(0).to(q.dtype)  # 1, heads, s², s²
+        out = attend_with_bias(q, kv[0], kv[1], bias, self.scale, self.attn_drop if self.training else 0.,
+                               self.fused_attn)
+        # B·nH·nW, heads, s², d -> B, nH, s, nW, s, heads·d -> crop to B, H, W, C
+        out = out.view(B, nH, nW, heads, s, s, d).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
+        out = out[:, :H, :W, :]
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return f'dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}'
