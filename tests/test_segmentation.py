@@ -90,6 +90,36 @@ def test_train_test_tta_and_demo_on_cpu(tmp_path, method):
     assert overlay.shape == original.shape and not np.array_equal(overlay, original)
 
 
+@pytest.mark.slow
+def test_cityscapes_train_resume_and_test_on_cpu(tmp_path):
+    """The Swin-T+VSA UperNet Cityscapes config (narrow backbone) on a generated Cityscapes-layout dataset:
+    train 4 iterations, resume to 6, evaluate mIoU over the 19 classes."""
+    from make_demo_cityscapes import make_dataset as make_cityscapes
+    make_cityscapes(tmp_path / 'data' / 'cityscapes_demo', train_images=6, val_images=2)
+    config = SEGMENTATION / 'configs' / 'demo' / 'upernet_swin-t-vsa-tiny_demo-cityscapes.py'
+    work = tmp_path / 'work'
+    log = run([str(SEGMENTATION / 'train.py'), str(config), '--work-dir', str(work)], cwd=tmp_path)
+    assert (work / 'iter_4.pth').exists() and 'mIoU' in log
+    log = run([str(SEGMENTATION / 'train.py'), str(config), '--work-dir', str(work), '--resume',
+               '--cfg-options', 'train_cfg.max_iters=6', 'train_cfg.val_interval=6',
+               'default_hooks.checkpoint.interval=6'], cwd=tmp_path)
+    assert 'resumed' in log.lower() and (work / 'iter_6.pth').exists()
+    log = run([str(SEGMENTATION / 'test.py'), str(config), str(work / 'iter_6.pth'), '--eval', 'mIoU',
+               '--work-dir', str(tmp_path / 'test')], cwd=tmp_path)
+    assert 'traffic sign' in log and 0 <= float(log.split('mIoU: ')[-1].split()[0]) <= 100
+
+
+def test_cityscapes_demo_dataset_follows_the_layout(tmp_path):
+    from make_demo_cityscapes import make_dataset as make_cityscapes
+    from mmseg.datasets import CityscapesDataset
+    root = make_cityscapes(tmp_path / 'cityscapes', train_images=2, val_images=1)
+    dataset = CityscapesDataset(data_root=str(root), data_prefix=dict(img_path='leftImg8bit/train',
+                                                                      seg_map_path='gtFine/train'), pipeline=[])
+    assert len(dataset) == 2
+    label = np.asarray(Image.open(dataset[0]['seg_map_path']))
+    assert set(np.unique(label)) <= {0, 7, 11, 13, 255} and (label == 255).any() and (label == 0).any()
+
+
 def test_aug_test_flag_builds_multiscale_flip_tta():
     import argparse
     import importlib.util

@@ -20,9 +20,10 @@ from mmengine.logging import print_log
 from timm.models import group_parameters
 
 from ..checkpoint import load_state_dict
+from .. import swin_vsa
 from ..scalable_vit import ARCH_SETTINGS, LN_EPS, ScalableViT, checkpoint_filter_fn
 
-__all__ = ['DenseBackboneMixin', 'register_backbone', 'ScalableViTBackbone']
+__all__ = ['DenseBackboneMixin', 'register_backbone', 'ScalableViTBackbone', 'SwinVSABackbone']
 
 
 class DenseBackboneMixin:
@@ -146,3 +147,11 @@ class ScalableViTBackbone(DenseBackboneMixin, ScalableViT):
     """ScalableViT at strides 4, 8, 16, 32; `arch` is 'small', 'base', 'large' or 'test' (the tiny model)."""
     arch_settings = ARCH_SETTINGS
     checkpoint_filter = staticmethod(checkpoint_filter_fn)
+
+
+@register_backbone
+class SwinVSABackbone(DenseBackboneMixin, swin_vsa.SwinTransformerVSA):
+    """Swin+VSA at strides 4, 8, 16, 32; `arch` is 'tiny', 'small' or 'test'. Maps before patch merging, as
+    MMDetection's Swin gives them."""
+    arch_settings = swin_vsa.ARCH_SETTINGS
+    checkpoint_filter = staticmethod(swin_vsa.checkpoint_filter_fn)
