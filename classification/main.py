@@ -12,6 +12,7 @@ import datetime
 import sys
 import time
 from pathlib import Path
+from typing import List, Optional
 
 import timm
 import torch
@@ -30,6 +31,13 @@ from datasets import UnreadableImageError, build_dataset
 from engine import NonFiniteLossError, evaluate, throughput, train_one_epoch
 
 DEFAULT_DROP_PATH = {'scalable_vit_small': 0.2, 'scalable_vit_base': 0.5, 'scalable_vit_large': 0.5}
+# Defaults that differ from the DeiT recipe per model family (explicit flags still win): Swin+VSA trains with
+# Swin's recipe (20 warm-up epochs, EMA on, drop path 0.2 / 0.3; AdamW, lr, wd, clip and smoothing as DeiT's).
+SWIN_RECIPE = dict(warmup_epochs=20, model_ema=True)
+MODEL_RECIPES = {
+    'swin_tiny_vsa_patch4_window7_224': dict(SWIN_RECIPE, drop_path=0.2),
+    'swin_small_vsa_patch4_window7_224': dict(SWIN_RECIPE, drop_path=0.3),
+}
 AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'none': None}
 
 
@@ -190,6 +198,13 @@ def validate_args(args) -> None:
         raise utils.UserInputError(f'--batch-size {args.batch_size} must be even for batch-mode mixup/cutmix')
 
 
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line, with the chosen model's recipe (`MODEL_RECIPES`) as defaults under explicit flags."""
+    parser = argparse.ArgumentParser('ScalableViT', parents=[get_args_parser()])
+    parser.set_defaults(**MODEL_RECIPES.get(parser.parse_known_args(argv)[0].model, {}))
+    return parser.parse_args(argv)
+
+
 def main(args) -> None:
     validate_args(args)
     device = utils.init_distributed(args)
@@ -336,8 +351,7 @@ def main(args) -> None:
 
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser('ScalableViT', parents=[get_args_parser()])
-    arguments = parser.parse_args()
+    arguments = parse_args()
     try:
         main(arguments)
     except (utils.UserInputError, UnreadableImageError) as error:

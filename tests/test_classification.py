@@ -45,6 +45,15 @@ def train_command(data, out, epochs, *extra):
             '--epochs', str(epochs), '--num_workers', '1', *extra]
 
 
+def test_model_recipes_are_defaults_under_explicit_flags():
+    swin = cls_main.parse_args(['--model', 'swin_tiny_vsa_patch4_window7_224'])
+    assert (swin.drop_path, swin.warmup_epochs, swin.model_ema) == (0.2, 20, True)
+    small = cls_main.parse_args(['--model', 'swin_small_vsa_patch4_window7_224', '--no-model-ema', '--drop-path', '0.1'])
+    assert (small.drop_path, small.warmup_epochs, small.model_ema) == (0.1, 20, False)
+    deit = cls_main.parse_args(['--model', 'scalable_vit_small'])
+    assert (deit.drop_path, deit.warmup_epochs, deit.model_ema) == (None, 5, False)
+
+
 def run_in_process(argv):
     args = argparse.ArgumentParser(parents=[cls_main.get_args_parser()]).parse_args(argv)
     cls_main.main(args)
@@ -153,16 +162,18 @@ def test_eval_follows_the_ema_rule(data, trained, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_killed_runs_resume_to_bit_identical_weights(data, tmp_path):
+@pytest.mark.parametrize('model', ['scalable_vit_test', 'swin_vsa_test'])
+def test_killed_runs_resume_to_bit_identical_weights(data, tmp_path, model):
     """SIGKILL at several points (mid-epoch, during start-up), restart the same command each time: the
-    final checkpoint and log equal those of an uninterrupted run, bit for bit."""
+    final checkpoint and log equal those of an uninterrupted run, bit for bit (VSA's grid_sample included:
+    deterministic on CPU)."""
     epochs = 4
     reference = tmp_path / 'reference'
-    result = run(train_command(data, reference, epochs, '--model-ema'))
+    result = run(train_command(data, reference, epochs, '--model-ema', '--model', model))
     assert result.returncode == 0, result.stderr[-3000:]
 
     out = tmp_path / 'killed'
-    command = train_command(data, out, epochs, '--model-ema')
+    command = train_command(data, out, epochs, '--model-ema', '--model', model)
     env = dict(os.environ, OMP_NUM_THREADS='1')
     kills = 0
     for wait in ('after-epoch-0', 'after-epoch-1', 2.0):
