@@ -132,7 +132,7 @@ def test_swin_vsa_parameter_names_and_buffers_match_release(name):
     assert sum(p.numel() for p in model.parameters()) == golden_outputs(name)['params']
 
 
-@pytest.mark.parametrize('name', SWIN_VSA)
+@pytest.mark.parametrize('name', [SWIN_VSA[0], pytest.param(SWIN_VSA[1], marks=pytest.mark.slow)])  # S: slow tier
 def test_swin_vsa_golden_logits(monkeypatch, name):
     model = timm.create_model(name).eval()
     weights = golden_state_dict(name)
