@@ -34,37 +34,13 @@ from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs,
 from timm.models._features import feature_take_indices
 
 from .checkpoint import filter_for_model
+from .layers import SMALL_ATTENTION_TOKENS, sdpa_is_faster  # noqa: F401  (re-exported)
+from .vsa import WindowRegressor, varied_size_window_attention
 
 __all__ = ['ARCH_SETTINGS', 'ScalableViT', 'checkpoint_filter_fn']
 
 LN_EPS = 1e-6
 SSA_NORM_EPS = 1e-5  # the LayerNorm inside SSA's reduction path uses PyTorch's default eps in the release
-
-
-# Below this many queries and keys, CPU attention is faster as two batched matmuls than through SDPA.
-SMALL_ATTENTION_TOKENS = 64
-
-
-def sdpa_is_faster(
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        short: int = SMALL_ATTENTION_TOKENS,
-) -> bool:
-    """Whether `scaled_dot_product_attention` beats the explicit matmul-softmax-matmul for these inputs.
-
-    On GPUs SDPA is always used (its fused kernels also avoid storing the attention matrix). On CPU (torch
-    2.12, measured at batch 8, 224x224) it is not faster when q/k and v widths differ, as in SSA with
-    r_c != 1 — SDPA then falls back to a math kernel with extra safe-softmax passes, ~3x slower than the
-    explicit ops — nor for IWSA's 49-token windows, where the flash kernel's per-block overhead makes it
-    ~1.8x slower at inference and training. Long sequences keep the flash kernel: it is faster there and
-    never materialises the attention matrix.
-    """
-    if q.device.type != 'cpu':
-        return True
-    if q.shape[-1] != v.shape[-1]:
-        return False
-    return q.shape[-2] > short or k.shape[-2] > short
 
 
 @register_notrace_function  # reason: the kernel choice depends on shapes and device
@@ -217,6 +193,38 @@ class InteractiveWindowAttention(nn.Module):
         return self.proj_drop(x)
 
 
+class InteractiveVaryingWindowAttention(InteractiveWindowAttention):
+    """IWSA with VSA windows: this package's extension, with no released counterpart.
+
+    As IWSA (same q/k/v projection, LIM on the value map, no relative position bias), but each head's key/value
+    window is moved and stretched by VSA's regressor (`transform.*`, the only new parameters) and resampled
+    bilinearly (`scalablevit.vsa`). The regressor starts at zero, so a new module (or one loaded from
+    ScalableViT weights) computes IWSA exactly wherever no window padding is needed; where the map is padded,
+    padded keys take part as zero vectors, as in VSA, instead of being masked as in IWSA.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int = 7, attn_drop: float = 0., proj_drop: float = 0.):
+        super().__init__(dim, num_heads, window_size, attn_drop, proj_drop)
+        self.transform = WindowRegressor(dim, num_heads, window_size)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x)  # B, N, 3C
+        local = self.lim_func(tokens_to_map(qkv[:, :, 2 * C:], H, W)).flatten(2).transpose(1, 2)
+        x = varied_size_window_attention(
+            qkv.view(B, H, W, 3 * C),
+            self.transform(x.view(B, H, W, C)),
+            self.num_heads,
+            self.window_size,
+            self.scale,
+            None,
+            self.attn_drop if self.training else 0.,
+            self.fused_attn,
+        )
+        x = self.proj(x.reshape(B, N, C) + local)
+        return self.proj_drop(x)
+
+
 class ScalableSelfAttention(nn.Module):
     """SSA: global attention with spatially reduced keys/values and scaled query/key width.
 
@@ -284,7 +292,8 @@ class ScalableSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; IWSA when `window_size` is given, SSA otherwise."""
+    """Pre-norm transformer block; IWSA when `window_size` is given (with VSA windows when `varied_windows`),
+    SSA otherwise."""
 
     def __init__(
             self,
@@ -297,11 +306,13 @@ class Block(nn.Module):
             proj_drop: float = 0.,
             attn_drop: float = 0.,
             drop_path: float = 0.,
+            varied_windows: bool = False,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
         if window_size is not None:
-            self.attn = InteractiveWindowAttention(dim, num_heads, window_size, attn_drop, proj_drop)
+            window_cls = InteractiveVaryingWindowAttention if varied_windows else InteractiveWindowAttention
+            self.attn = window_cls(dim, num_heads, window_size, attn_drop, proj_drop)
         else:
             self.attn = ScalableSelfAttention(dim, num_heads, sr_ratio, channel_ratio, attn_drop, proj_drop)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -381,6 +392,7 @@ class ScalableViT(nn.Module):
             channel_ratios: Sequence[float] = (1.25, 1.25, 1.25, 1.),
             sr_ratios: Sequence[int] = (8, 4, 2, 1),
             window_size: int = 7,
+            window_attention: str = 'iwsa',
             mlp_ratio: float = 4.,
             classifier_hidden_dim: int = 4096,
             drop_rate: float = 0.,
@@ -400,6 +412,8 @@ class ScalableViT(nn.Module):
             channel_ratios: SSA channel scaling r_c of each stage.
             sr_ratios: SSA spatial reduction of each stage (the paper's r_n = 1 / sr²).
             window_size: IWSA window size.
+            window_attention: 'iwsa' (the paper's fixed windows) or 'vsa' (this package's extension: IWSA with
+                VSA's varied-size windows, `InteractiveVaryingWindowAttention`).
             mlp_ratio: MLP hidden width relative to the block width.
             classifier_hidden_dim: Width of the classifier MLP's hidden layer.
             drop_rate: Dropout on the pooled features before the classifier.
@@ -410,6 +424,8 @@ class ScalableViT(nn.Module):
         """
         super().__init__()
         assert global_pool in ('', 'avg'), f"global_pool must be 'avg' or '', got {global_pool!r}"
+        if window_attention not in ('iwsa', 'vsa'):
+            raise ValueError(f"window_attention must be 'iwsa' or 'vsa', got {window_attention!r}")
         num_stages = len(depths)
         for name, values in (('embed_dims', embed_dims), ('num_heads', num_heads),
                              ('channel_ratios', channel_ratios), ('sr_ratios', sr_ratios)):
@@ -444,6 +460,7 @@ class ScalableViT(nn.Module):
                     proj_drop=proj_drop_rate,
                     attn_drop=attn_drop_rate,
                     drop_path=dpr[sum(depths[:i]) + j],
+                    varied_windows=window_attention == 'vsa',
                 )
                 for j in range(depths[i])
             ]))
@@ -455,6 +472,9 @@ class ScalableViT(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = self._make_head(num_classes)
         self.apply(self._init_weights)
+        for module in self.modules():
+            if isinstance(module, WindowRegressor):
+                module.reset_parameters()  # VSA windows start as the default ones
 
     def _make_head(self, num_classes: int) -> nn.Module:
         if num_classes <= 0:
@@ -641,7 +661,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: ScalableViT
     Raises a ValueError naming the mismatched tensors when the checkpoint is for another architecture
     (classifier tensors excepted: timm drops those itself when `num_classes` differs).
     """
-    return filter_for_model(state_dict, model, model_name='ScalableViT')
+    state_dict = filter_for_model(state_dict, model, model_name='ScalableViT')
+    # ScalableViT weights into the VSA-window variant: the regressors start at zero (default windows)
+    for key, value in model.state_dict().items():
+        if '.attn.transform.' in key and key not in state_dict:
+            state_dict[key] = torch.zeros_like(value)
+    return state_dict
 
 
 def _create_scalable_vit(variant: str, pretrained: bool = False, **kwargs) -> ScalableViT:
@@ -673,6 +698,9 @@ default_cfgs = generate_default_cfgs({
     'scalable_vit_base.in1k': _cfg(),
     'scalable_vit_large.in1k': _cfg(),
     'scalable_vit_test.untrained': _cfg(input_size=(3, 64, 64), test_input_size=(3, 64, 64)),
+    'scalable_vit_small_vsa.untrained': _cfg(),
+    'scalable_vit_base_vsa.untrained': _cfg(),
+    'scalable_vit_large_vsa.untrained': _cfg(),
 })
 
 
@@ -711,3 +739,22 @@ def scalable_vit_large(pretrained: bool = False, **kwargs) -> ScalableViT:
 def scalable_vit_test(pretrained: bool = False, **kwargs) -> ScalableViT:
     """A tiny ScalableViT (0.64 M parameters) for tests and CPU demos; not a paper model."""
     return _create_scalable_vit('scalable_vit_test', pretrained, **dict(ARCH_SETTINGS['test'], **kwargs))
+
+
+# This package's extension: IWSA with VSA windows (`window_attention='vsa'`); no released weights or results.
+@register_model
+def scalable_vit_small_vsa(pretrained: bool = False, **kwargs) -> ScalableViT:
+    args = dict(ARCH_SETTINGS['small'], window_attention='vsa')
+    return _create_scalable_vit('scalable_vit_small_vsa', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def scalable_vit_base_vsa(pretrained: bool = False, **kwargs) -> ScalableViT:
+    args = dict(ARCH_SETTINGS['base'], window_attention='vsa')
+    return _create_scalable_vit('scalable_vit_base_vsa', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def scalable_vit_large_vsa(pretrained: bool = False, **kwargs) -> ScalableViT:
+    args = dict(ARCH_SETTINGS['large'], window_attention='vsa')
+    return _create_scalable_vit('scalable_vit_large_vsa', pretrained, **dict(args, **kwargs))

@@ -15,16 +15,17 @@ padding at the bottom/right, offsets divided by the padded window counts, scale 
 that still take part). Parameter names are the release's, so its checkpoints load with `strict=True`. The
 regressor starts at zero: a freshly built module is plain (non-shifted) window attention.
 """
-from typing import Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, trunc_normal_, use_fused_attn
 
-from .scalable_vit import sdpa_is_faster
+from .layers import sdpa_is_faster
 
-__all__ = ['VSAttention', 'attend_with_bias', 'relative_position_index', 'window_sampling_grid']
+__all__ = ['VSAttention', 'attend_with_bias', 'relative_position_index', 'varied_size_window_attention',
+           'WindowRegressor', 'window_sampling_grid']
 
 
 def relative_position_index(window_size: int) -> torch.Tensor:
@@ -76,7 +77,7 @@ def attend_with_bias(
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        bias: torch.Tensor,
+        bias: Optional[torch.Tensor],
         scale: float,
         dropout_p: float,
         fused: bool,
@@ -85,7 +86,9 @@ def attend_with_bias(
     an additive mask where that is the faster kernel (`fused` and `sdpa_is_faster`), else explicit ops."""
     if fused and sdpa_is_faster(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
-    attn = (q * scale) @ k.transpose(-2, -1) + bias
+    attn = (q * scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        attn = attn + bias
     attn = attn.softmax(dim=-1)
     if dropout_p > 0.:
         attn = F.dropout(attn, p=dropout_p)
@@ -101,6 +104,81 @@ def check_finite_regression(regression: torch.Tensor) -> torch.Tensor:
                             'VSA window regressor produced non-finite offsets/scales: the input or the '
                             'weights hold NaN/inf (check the data, lower the learning rate or clip gradients)')
     return regression
+
+
+class WindowRegressor(nn.Sequential):
+    """Window mean -> LeakyReLU -> 1x1 conv to (x-offset, y-offset, x-scale, y-scale) per head and window,
+    zero-initialised (every window starts as the default one). Keys `0`, `1`, `2` as in the release
+    (`transform.2.*`)."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int):
+        super().__init__(
+            nn.AvgPool2d(kernel_size=window_size, stride=window_size),
+            nn.LeakyReLU(),
+            nn.Conv2d(dim, num_heads * 4, kernel_size=1),
+        )
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Zero the last conv: every window is the default one (plain window attention)."""
+        nn.init.zeros_(self[2].weight)
+        nn.init.zeros_(self[2].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) map -> (B, heads, 4, nH, nW), the map zero-padded to window multiples first."""
+        B, H, W, _ = x.shape
+        s = self.window_size
+        nH, nW = (H + s - 1) // s, (W + s - 1) // s
+        x = F.pad(x.permute(0, 3, 1, 2), (0, nW * s - W, 0, nH * s - H))
+        for layer in self:
+            x = layer(x)
+        return check_finite_regression(x.view(B, self.num_heads, 4, nH, nW))
+
+
+def varied_size_window_attention(
+        qkv: torch.Tensor,
+        regression: torch.Tensor,
+        num_heads: int,
+        window_size: int,
+        scale: float,
+        bias: Optional[torch.Tensor],
+        dropout_p: float,
+        fused: bool,
+) -> torch.Tensor:
+    """The VSA function on maps: queries in default windows, keys/values resampled in regressed windows.
+
+    Args:
+        qkv: (B, H, W, 3C) projections, q, k, v as consecutive C-wide chunks (head h: channels h·d..h·d+d-1).
+        regression: (B, heads, 4, nH, nW) raw window regression (`WindowRegressor`).
+        bias: (heads, s², s²) additive attention bias, or None.
+
+    Returns:
+        (B, H, W, C) before the output projection. Maps are zero-padded at the bottom/right to window
+        multiples after the projection; padded and out-of-map keys are zero vectors that take part (no mask).
+    """
+    B, H, W, C3 = qkv.shape
+    C = C3 // 3
+    s, heads, d = window_size, num_heads, C // num_heads
+    nH, nW = (H + s - 1) // s, (W + s - 1) // s
+    pad_b, pad_r = nH * s - H, nW * s - W
+    Hp, Wp = nH * s, nW * s
+    qkv = F.pad(qkv.permute(0, 3, 1, 2), (0, pad_r, 0, pad_b))  # B, 3C, Hp, Wp
+    grid = window_sampling_grid(regression, s).to(qkv.dtype)
+    # B, 3C, Hp, Wp -> B, 3, heads, d, Hp, Wp; k and v are resampled together (one grid_sample)
+    qkv = qkv.view(B, 3, heads, d, Hp, Wp)
+    q = qkv[:, 0].reshape(B * heads, d, Hp, Wp)
+    kv = qkv[:, 1:].transpose(1, 2).reshape(B * heads, 2 * d, Hp, Wp)
+    kv = F.grid_sample(kv, grid, mode='bilinear', padding_mode='zeros', align_corners=True)
+    # B·heads, d, Hp, Wp -> B, heads, d, nH, s, nW, s -> B·nH·nW, heads, s², d
+    q = q.view(B, heads, d, nH, s, nW, s).permute(0, 3, 5, 1, 4, 6, 2).reshape(-1, heads, s * s, d)
+    kv = kv.view(B, heads, 2, d, nH, s, nW, s).permute(2, 0, 4, 6, 1, 5, 7, 3).reshape(2, -1, heads, s * s, d)
+    bias = bias.unsqueeze(0).to(q.dtype) if bias is not None else None  # 1, heads, s², s²
+    out = attend_with_bias(q, kv[0], kv[1], bias, scale, dropout_p, fused)
+    # B·nH·nW, heads, s², d -> B, nH, s, nW, s, heads·d -> crop to B, H, W, C
+    out = out.view(B, nH, nW, heads, s, s, d).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
+    return out[:, :H, :W, :]
 
 
 class VSAttention(nn.Module):
@@ -140,19 +218,8 @@ class VSAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        # the regressor: window mean -> LeakyReLU -> 1x1 conv to (x-offset, y-offset, x-scale, y-scale) per head
-        self.transform = nn.Sequential(
-            nn.AvgPool2d(kernel_size=window_size, stride=window_size),
-            nn.LeakyReLU(),
-            nn.Conv2d(dim, num_heads * 4, kernel_size=1),
-        )
+        self.transform = WindowRegressor(dim, num_heads, window_size)
         trunc_normal_(self.relative_position_bias_table, std=.02)
-        self.reset_regressor()
-
-    def reset_regressor(self) -> None:
-        """Zero the regressor: every window is the default one (plain window attention)."""
-        nn.init.zeros_(self.transform[2].weight)
-        nn.init.zeros_(self.transform[2].bias)
 
     def relative_position_bias(self) -> torch.Tensor:
         """(heads, s², s²) additive attention bias."""
@@ -160,37 +227,10 @@ class VSAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(s2, s2, self.num_heads).permute(2, 0, 1)
 
-    def window_regression(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, heads, 4, nH, nW) raw regressor output of a (B, C, Hp, Wp) zero-padded map."""
-        B = x.shape[0]
-        regression = self.transform(x)
-        return regression.view(B, self.num_heads, 4, regression.shape[-2], regression.shape[-1])
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        s, heads, d = self.window_size, self.num_heads, self.head_dim
-        nH, nW = (H + s - 1) // s, (W + s - 1) // s
-        pad_b, pad_r = nH * s - H, nW * s - W
-        Hp, Wp = nH * s, nW * s
-        # projection first, then zero padding: padded q/k/v are exactly zero
-        qkv = self.qkv(x).permute(0, 3, 1, 2)  # B, 3C, H, W
-        qkv = F.pad(qkv, (0, pad_r, 0, pad_b))
-        regression = self.window_regression(F.pad(x.permute(0, 3, 1, 2), (0, pad_r, 0, pad_b)))
-        grid = window_sampling_grid(check_finite_regression(regression), s).to(qkv.dtype)
-        # B, 3C, Hp, Wp -> B, 3, heads, d, Hp, Wp; k and v are resampled together (one grid_sample)
-        qkv = qkv.view(B, 3, heads, d, Hp, Wp)
-        q = qkv[:, 0].reshape(B * heads, d, Hp, Wp)
-        kv = qkv[:, 1:].transpose(1, 2).reshape(B * heads, 2 * d, Hp, Wp)
-        kv = F.grid_sample(kv, grid, mode='bilinear', padding_mode='zeros', align_corners=True)
-        # B·heads, d, Hp, Wp -> B, heads, d, nH, s, nW, s -> B·nH·nW, heads, s², d
-        q = q.view(B, heads, d, nH, s, nW, s).permute(0, 3, 5, 1, 4, 6, 2).reshape(-1, heads, s * s, d)
-        kv = kv.view(B, heads, 2, d, nH, s, nW, s).permute(2, 0, 4, 6, 1, 5, 7, 3).reshape(2, -1, heads, s * s, d)
-        bias = self.relative_position_bias().unsqueeze(0).to(q.dtype)  # 1, heads, s², s²
-        out = attend_with_bias(q, kv[0], kv[1], bias, self.scale, self.attn_drop if self.training else 0.,
-                               self.fused_attn)
-        # B·nH·nW, heads, s², d -> B, nH, s, nW, s, heads·d -> crop to B, H, W, C
-        out = out.view(B, nH, nW, heads, s, s, d).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
-        out = out[:, :H, :W, :]
+        out = varied_size_window_attention(
+            self.qkv(x), self.transform(x), self.num_heads, self.window_size, self.scale,
+            self.relative_position_bias(), self.attn_drop if self.training else 0., self.fused_attn)
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:

@@ -15,7 +15,8 @@ BATCH = 2
 
 
 def test_models_registered():
-    assert timm.list_models('scalable_vit*') == [f'scalable_vit_{v}' for v in ('base', 'large', 'small', 'test')]
+    assert timm.list_models('scalable_vit*') == sorted(
+        [f'scalable_vit_{v}' for v in ('base', 'large', 'small', 'test')] + [f'scalable_vit_{v}_vsa' for v in VARIANTS])
     for variant in VARIANTS:
         cfg = timm.models.get_pretrained_cfg(f'scalable_vit_{variant}')
         assert cfg.input_size == (3, 224, 224) and cfg.crop_pct == 0.875 and cfg.interpolation == 'bicubic'

@@ -295,3 +295,43 @@ def test_onnx_export_matches_onnxruntime(tiny, tmp_path):
             expected = tiny(x).numpy()
         (out,) = session.run(None, {'images': x.numpy()})
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+# --- ScalableViT with VSA windows (this package's extension) -----------------------------------------------
+
+def test_scalable_vit_vsa_starts_as_scalable_vit(tmp_path):
+    """With zero regressors (a new model, or ScalableViT weights loaded), IWSA with VSA windows is IWSA wherever
+    no window padding is needed (224: stage maps 56, 28, 14, 7)."""
+    from scalablevit.checkpoint import pretrained_overlay
+    torch.manual_seed(0)
+    plain = timm.create_model('scalable_vit_test').eval()
+    path = tmp_path / 'scalable_vit_test.pth'
+    torch.save({'model': plain.state_dict()}, path)
+    varied = timm.create_model('scalable_vit_test', window_attention='vsa', pretrained=True,
+                               pretrained_cfg_overlay=pretrained_overlay(str(path))).eval()
+    new_keys = set(varied.state_dict()) - set(plain.state_dict())
+    assert new_keys and all('.attn.transform.2.' in k for k in new_keys)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert relative_error(varied(x), plain(x)) < 1e-5
+        for name in new_keys:
+            varied.state_dict()[name].normal_(0, 0.5)
+        assert relative_error(varied(x), plain(x)) > 1e-3  # moved windows change the function
+
+
+def test_scalable_vit_vsa_variants_and_training():
+    assert {'scalable_vit_small_vsa', 'scalable_vit_base_vsa', 'scalable_vit_large_vsa'} <= set(
+        timm.list_models('scalable_vit*'))
+    counts = [sum(p.numel() for p in timm.create_model(name).parameters())
+              for name in ('scalable_vit_small', 'scalable_vit_small_vsa')]
+    assert counts[1] - counts[0] == 117_656  # a 1x1 conv C -> 4·heads per IWSA block (13 blocks)
+    model = timm.create_model('scalable_vit_test', window_attention='vsa', num_classes=4)
+    with torch.no_grad():
+        for module in model.modules():
+            if module.__class__.__name__ == 'WindowRegressor':
+                module[2].weight.normal_(0, 0.1)
+    out = model(torch.randn(2, 3, 97, 131))
+    out.sum().backward()
+    assert out.shape == (2, 4) and all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="window_attention must be 'iwsa' or 'vsa'"):
+        timm.create_model('scalable_vit_test', window_attention='shifted')
