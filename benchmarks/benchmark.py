@@ -70,9 +70,10 @@ def multiply_adds(name: str, img_size: int) -> float:
     """Multiply-adds per image (fvcore's count), attention's matrix products included."""
     sys.path.insert(0, str(ROOT / 'tools'))
     import get_flops
-    if name.startswith('scalable_vit'):
-        return get_flops.count(name, (img_size, img_size))['flops'] * 1e9
     import timm
+    import scalablevit  # noqa: F401  (registers the models)
+    if name in timm.list_models(module=['scalable_vit', 'swin_vsa']):  # this package's models: any input size
+        return get_flops.count(name, (img_size, img_size))['flops'] * 1e9
     from mmengine.analysis import FlopAnalyzer
     model = timm.create_model(name, img_size=img_size).eval()
     for module in model.modules():

@@ -137,6 +137,7 @@ class WindowRegressor(nn.Sequential):
         return check_finite_regression(x.view(B, self.num_heads, 4, nH, nW))
 
 
+@register_notrace_function  # reason: pads only maps that are not window multiples
 def varied_size_window_attention(
         qkv: torch.Tensor,
         regression: torch.Tensor,
@@ -162,18 +163,20 @@ def varied_size_window_attention(
     C = C3 // 3
     s, heads, d = window_size, num_heads, C // num_heads
     nH, nW = (H + s - 1) // s, (W + s - 1) // s
-    pad_b, pad_r = nH * s - H, nW * s - W
     Hp, Wp = nH * s, nW * s
-    qkv = F.pad(qkv.permute(0, 3, 1, 2), (0, pad_r, 0, pad_b))  # B, 3C, Hp, Wp
+    if Hp != H or Wp != W:
+        qkv = F.pad(qkv, (0, 0, 0, Wp - W, 0, Hp - H))
     grid = window_sampling_grid(regression, s).to(qkv.dtype)
-    # B, 3C, Hp, Wp -> B, 3, heads, d, Hp, Wp; k and v are resampled together (one grid_sample)
-    qkv = qkv.view(B, 3, heads, d, Hp, Wp)
-    q = qkv[:, 0].reshape(B * heads, d, Hp, Wp)
-    kv = qkv[:, 1:].transpose(1, 2).reshape(B * heads, 2 * d, Hp, Wp)
+    # the map stays channels-last: q is cut into windows directly, k and v are resampled together (one
+    # grid_sample over a channels-last view, which the CPU kernel reads faster than a channels-first copy)
+    qkv = qkv.reshape(B, Hp, Wp, 3, heads, d)
+    # B, Hp, Wp, heads, d -> B, nH, s, nW, s, heads, d -> B·nH·nW, heads, s², d
+    q = qkv[:, :, :, 0].reshape(B, nH, s, nW, s, heads, d).permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, heads, s * s, d)
+    # B, Hp, Wp, 2, heads, d -> B·heads, Hp, Wp, 2d -> (view) B·heads, 2d, Hp, Wp
+    kv = qkv[:, :, :, 1:].permute(0, 4, 1, 2, 3, 5).reshape(B * heads, Hp, Wp, 2 * d).permute(0, 3, 1, 2)
     kv = F.grid_sample(kv, grid, mode='bilinear', padding_mode='zeros', align_corners=True)
-    # B·heads, d, Hp, Wp -> B, heads, d, nH, s, nW, s -> B·nH·nW, heads, s², d
-    q = q.view(B, heads, d, nH, s, nW, s).permute(0, 3, 5, 1, 4, 6, 2).reshape(-1, heads, s * s, d)
-    kv = kv.view(B, heads, 2, d, nH, s, nW, s).permute(2, 0, 4, 6, 1, 5, 7, 3).reshape(2, -1, heads, s * s, d)
+    # B·heads, 2d, Hp, Wp -> B, heads, 2, d, nH, s, nW, s -> 2, B·nH·nW, heads, s², d
+    kv = kv.reshape(B, heads, 2, d, nH, s, nW, s).permute(2, 0, 4, 6, 1, 5, 7, 3).reshape(2, -1, heads, s * s, d)
     bias = bias.unsqueeze(0).to(q.dtype) if bias is not None else None  # 1, heads, s², s²
     out = attend_with_bias(q, kv[0], kv[1], bias, scale, dropout_p, fused)
     # B·nH·nW, heads, s², d -> B, nH, s, nW, s, heads·d -> crop to B, H, W, C
