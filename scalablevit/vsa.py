@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, trunc_normal_, use_fused_attn
 
-from .layers import sdpa_is_faster
+from .layers import attend_with_bias
 
 __all__ = ['VSAttention', 'attend_with_bias', 'relative_position_index', 'varied_size_window_attention',
            'WindowRegressor', 'window_sampling_grid']
@@ -70,29 +70,6 @@ def window_sampling_grid(regression: torch.Tensor, window_size: int) -> torch.Te
     y = y.expand(B, heads, nH, s, nW, s)
     # B, heads, nH, s, nW, s, 2 -> B·heads, Hp, Wp, 2
     return torch.stack((x, y), dim=-1).reshape(B * heads, Hp, Wp, 2)
-
-
-@register_notrace_function  # reason: the kernel choice depends on shapes and device
-def attend_with_bias(
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        bias: Optional[torch.Tensor],
-        scale: float,
-        dropout_p: float,
-        fused: bool,
-) -> torch.Tensor:
-    """softmax(q·kᵀ·scale + bias)·v over the last two dims: `scaled_dot_product_attention` with the bias as
-    an additive mask where that is the faster kernel (`fused` and `sdpa_is_faster`), else explicit ops."""
-    if fused and sdpa_is_faster(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
-    attn = (q * scale) @ k.transpose(-2, -1)
-    if bias is not None:
-        attn = attn + bias
-    attn = attn.softmax(dim=-1)
-    if dropout_p > 0.:
-        attn = F.dropout(attn, p=dropout_p)
-    return attn @ v
 
 
 @register_notrace_function  # reason: a data-dependent check

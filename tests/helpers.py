@@ -12,7 +12,7 @@ import timm
 import torch
 
 import scalablevit  # noqa: F401  (registers the models in timm)
-from scalablevit import scalable_vit, vsa
+from scalablevit import layers, scalable_vit
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(__file__).parent / 'data'
@@ -29,7 +29,7 @@ ATTENTION_PATHS = ('fast', 'sdpa', 'explicit')
 def select_attention_path(monkeypatch: pytest.MonkeyPatch, path: str) -> bool:
     """Make `path` the one taken; returns the `fused` flag to pass (or to give `set_fused_attn`)."""
     if path == 'sdpa':
-        for module in (scalable_vit, vsa):
+        for module in (scalable_vit, layers):
             monkeypatch.setattr(module, 'sdpa_is_faster', lambda q, k, v: True)
     return path != 'explicit'
 

@@ -1,0 +1,308 @@
+"""ScopeViT (`scalablevit.scope_vit`): the released function to float32 rounding at the sizes the release
+accepts, the released parameter names, any other size through masked lattice padding, and the timm API."""
+import math
+
+import numpy as np
+import pytest
+import timm
+import timm.optim
+import torch
+import torch.nn.functional as F
+from timm.models import group_parameters
+
+from scalablevit.scope_vit import DilatedLatticeAttention
+
+from helpers import ATTENTION_PATHS, DATA_DIR, relative_error, select_attention_path
+
+MAX_RELATIVE_ERROR = 1e-5
+VARIANTS = ('xtiny', 'tiny', 'small')
+TINY = 'scope_vit_test'
+# golden case: (input shape, input seed, q/k/v projection weights x10 for sharp attention)
+GOLDEN_CASES = {'': ((2, 3, 256, 256), 1, False), '_sharp': ((2, 3, 256, 256), 1, True),
+                '_256x512': ((2, 3, 256, 512), 2, False)}
+SHARPENED = ('attn.query.weight', 'attn.key_value.weight', 'attn.qkv.weight')
+
+
+def state_dict_spec(variant):
+    """(key, shape, init) rows of the released parameters: init 'w' is N(0, 0.02²), 'one' is 1 + N(0, 0.02²)."""
+    lines = (DATA_DIR / f'scope_vit_{variant}.state_dict.tsv').read_text().splitlines()[1:]
+    return [(key, tuple(int(s) for s in shape.split('x')), init)
+            for key, shape, init in (line.split('\t') for line in lines)]
+
+
+def golden_weights(variant, sharp=False):
+    g = torch.Generator().manual_seed(0)
+    weights = {}
+    for key, shape, init in state_dict_spec(variant):
+        t = torch.randn(shape, generator=g, dtype=torch.float64) * 0.02 + (1.0 if init == 'one' else 0.0)
+        weights[key] = t.float() * (10 if sharp and key.endswith(SHARPENED) else 1)
+    return weights
+
+
+@pytest.fixture(scope='module')
+def golden():
+    with np.load(DATA_DIR / 'scope_vit.golden.npz') as data:
+        return {k: torch.from_numpy(data[k]) for k in data.files}
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return timm.create_model(TINY).eval()
+
+
+# --- the released function ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_parameter_names_and_shapes_match_release(variant, golden):
+    model = timm.create_model(f'scope_vit_{variant}')
+    expected = [(key, shape) for key, shape, _ in state_dict_spec(variant)]
+    assert [(key, tuple(p.shape)) for key, p in model.named_parameters()] == expected
+    assert sum(p.numel() for p in model.parameters()) == int(golden[f'{variant}/params'])
+    buffers = {k for k in model.state_dict() if k not in dict(model.named_parameters())}
+    assert all(k.rsplit('.', 1)[1] in ('running_mean', 'running_var', 'num_batches_tracked') for k in buffers)
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_golden_logits_and_features(monkeypatch, variant, golden):
+    """Base, sharp-attention and 256x512 cases, on every attention path."""
+    model = timm.create_model(f'scope_vit_{variant}').eval()
+    for case, (shape, seed, sharp) in GOLDEN_CASES.items():
+        model.load_state_dict(golden_weights(variant, sharp), strict=False)  # BN buffers keep their defaults
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        for path in ATTENTION_PATHS:
+            with monkeypatch.context() as patch:
+                model.set_fused_attn(select_attention_path(patch, path))
+                with torch.no_grad():
+                    pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+                    logits = model.forward_head(model.forward_features(x))
+            assert relative_error(pooled, golden[f'{variant}/pooled_features{case}']) <= MAX_RELATIVE_ERROR, (case, path)
+            assert relative_error(logits, golden[f'{variant}/logits{case}']) <= MAX_RELATIVE_ERROR, (case, path)
+
+
+def test_released_checkpoint_loads_strict(tmp_path):
+    """A checkpoint in the release's format (its keys, wrapped as `model`) loads through timm strictly."""
+    weights = golden_weights('tiny')
+    model = timm.create_model('scope_vit_tiny')
+    state = {k: v for k, v in model.state_dict().items() if k not in weights}  # BatchNorm buffers
+    path = tmp_path / 'scopevit_tiny.pth'
+    torch.save({'model': dict(weights, **state)}, path)
+    loaded = timm.create_model('scope_vit_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    torch.testing.assert_close(loaded.state_dict()['blocks3.4.gsda.attn.qkv.weight'],
+                               weights['blocks3.4.gsda.attn.qkv.weight'], rtol=0, atol=0)
+
+
+def test_position_bias_table_and_index():
+    """The 'cr' log-coordinate table and the (dy + 7) * 15 + (dx + 7) index, query minus key."""
+    rel_pos = DilatedLatticeAttention(32, 2).rel_pos
+    d = torch.arange(-7, 8, dtype=torch.float32)
+    f = torch.sign(d) * torch.log1p(d.abs())
+    torch.testing.assert_close(rel_pos.rel_coords_log[:, 3], torch.stack([f, torch.full_like(f, f[3])], -1))
+    cells = torch.stack(torch.meshgrid(torch.arange(8), torch.arange(8), indexing='ij'), -1).reshape(64, 2)
+    dy = cells[:, None, 0] - cells[None, :, 0]
+    dx = cells[:, None, 1] - cells[None, :, 1]
+    assert torch.equal(rel_pos.relative_position_index.view(64, 64), (dy + 7) * 15 + (dx + 7))
+
+
+# --- any input size -----------------------------------------------------------------------------------------
+
+def lattice_attention_by_loops(attn: DilatedLatticeAttention, x: torch.Tensor) -> torch.Tensor:
+    """GSDA over the real tokens only, group by group (no padding anywhere), for a (1, H, W, C) map."""
+    _, H, W, C = x.shape
+    ph, pw = math.ceil(H / 8), math.ceil(W / 8)
+    heads, d = attn.num_heads, attn.head_dim
+    bias = attn.rel_pos.get_bias()[0]  # heads, 64, 64
+    out = torch.zeros(H, W, C)
+    for p in range(ph):
+        for q in range(pw):
+            cells = [(a, b) for a in range(8) for b in range(8) if a * ph + p < H and b * pw + q < W]
+            index = torch.tensor([a * 8 + b for a, b in cells])
+            tokens = torch.stack([x[0, a * ph + p, b * pw + q] for a, b in cells])  # n, C
+            qkv = attn.qkv(tokens).view(len(cells), 3, heads, d).permute(1, 2, 0, 3)
+            scores = qkv[0] @ qkv[1].transpose(-2, -1) * attn.scale + bias[:, index][:, :, index]
+            o = (scores.softmax(-1) @ qkv[2]).transpose(0, 1).reshape(len(cells), C)
+            for (a, b), value in zip(cells, o):
+                out[a * ph + p, b * pw + q] = value
+    return attn.proj(out)[None]
+
+
+# map sizes: 224 input (stages 56, 28, 14, 7), 97x131 (25x33 ... 4x5), 800x1344 (stage 2: 100x168, stage 4 25x42)
+@pytest.mark.parametrize('size', [(28, 28), (7, 7), (25, 33), (4, 5), (100, 168), (25, 42), (16, 24)])
+def test_lattice_attention_ignores_padding(monkeypatch, size):
+    torch.manual_seed(0)
+    attn = DilatedLatticeAttention(32, 2).eval()
+    for p in attn.parameters():
+        p.data.normal_(0, 0.3)  # far from uniform attention
+    x = torch.randn(1, *size, 32)
+    with torch.no_grad():
+        expected = lattice_attention_by_loops(attn, x)
+        for path in ATTENTION_PATHS:
+            with monkeypatch.context() as patch:
+                attn.fused_attn = select_attention_path(patch, path)
+                torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-5, msg=path)
+
+
+@pytest.mark.parametrize('size', [(224, 224), (97, 131), pytest.param((800, 1344), marks=pytest.mark.slow)])
+def test_padding_values_do_not_reach_real_tokens(monkeypatch, tiny, size):
+    """Fill GSDA's padding with large random values instead of zeros: the outputs stay the same."""
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        expected = tiny.forward_intermediates(x, intermediates_only=True)
+    zero_pad = F.pad
+
+    def noisy_pad(t, pad, *args, **kwargs):
+        padded = zero_pad(t, pad)
+        is_pad = zero_pad(torch.ones_like(t), pad) == 0
+        return torch.where(is_pad, torch.randn_like(padded) * 100, padded)
+
+    monkeypatch.setattr(F, 'pad', noisy_pad)
+    with torch.no_grad():
+        noisy = tiny.forward_intermediates(x, intermediates_only=True)
+    for a, b in zip(noisy, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('size', [(32, 32), (97, 131), (224, 224), (256, 200)])
+def test_any_input_size(tiny, size):
+    with torch.no_grad():
+        logits = tiny(torch.randn(2, 3, *size))
+        features = timm.create_model(TINY, features_only=True).eval()(torch.randn(1, 3, *size))
+    assert logits.shape == (2, 1000) and torch.isfinite(logits).all()
+    H, W = math.ceil(size[0] / 4), math.ceil(size[1] / 4)
+    for i, feat in enumerate(features):
+        assert feat.shape == (1, 16 * 2 ** i, H, W)
+        H, W = math.ceil(H / 2), math.ceil(W / 2)
+
+
+@pytest.mark.parametrize('size', [(31, 64), (64, 16), (8, 8)])
+def test_too_small_input_raises_clear_error(tiny, size):
+    with pytest.raises(ValueError, match=r'at least 32x32 pixels.*got \d+x\d+'):
+        tiny(torch.randn(1, 3, *size))
+
+
+# --- the timm API -------------------------------------------------------------------------------------------
+
+def test_registered_with_the_release_cfg():
+    assert {f'scope_vit_{v}' for v in VARIANTS} | {TINY} <= set(timm.list_models('scope_vit*'))
+    cfg = timm.models.get_pretrained_cfg('scope_vit_tiny')
+    assert cfg.input_size == (3, 256, 256) and cfg.crop_pct == 0.9 and cfg.interpolation == 'bicubic'
+    assert cfg.num_classes == 1000 and timm.create_model('scope_vit_tiny').head.out_features == 1000
+
+
+def test_drop_path_one_rate_per_block_shared_by_its_layers():
+    """linspace(0, rate, blocks): one rate per ScopeViT block, applied to both branches of both its layers."""
+    model = timm.create_model('scope_vit_tiny', drop_path_rate=0.1)
+    blocks = [b for stage in (model.blocks1, model.blocks2, model.blocks3, model.blocks4) for b in stage]
+    expected = np.linspace(0, 0.1, len(blocks))
+    for block, rate in zip(blocks, expected):
+        for branch in (block.mssa.drop_path1, block.mssa.drop_path2, block.gsda.drop_path1, block.gsda.drop_path2):
+            assert getattr(branch, 'drop_prob', 0.) == pytest.approx(rate, abs=1e-7)
+
+
+def test_features_only_and_forward_intermediates(tiny):
+    model = timm.create_model(TINY, features_only=True, out_indices=(1, 3)).eval()
+    assert model.feature_info.channels() == [32, 128] and model.feature_info.reduction() == [8, 32]
+    model.model.load_state_dict(tiny.state_dict(), strict=False)  # all but the head
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        final, intermediates = tiny.forward_intermediates(x)
+        torch.testing.assert_close(final, tiny.forward_features(x), rtol=0, atol=0)
+        torch.testing.assert_close(intermediates[3], final, rtol=0, atol=0)
+        assert [f.shape[1:] for f in intermediates] == [(16, 16, 16), (32, 8, 8), (64, 4, 4), (128, 2, 2)]
+        nhwc = tiny.forward_intermediates(x, indices=[0], output_fmt='NHWC', intermediates_only=True)
+        torch.testing.assert_close(nhwc[0].permute(0, 3, 1, 2), intermediates[0])
+        torch.testing.assert_close(model(x)[0], intermediates[1])
+    pruned = timm.create_model(TINY, features_only=True, out_indices=(0, 1))
+    assert isinstance(pruned.model.blocks3, torch.nn.Identity) and isinstance(pruned.model.norm4, torch.nn.Identity)
+    assert not any(k.startswith(('blocks3', 'norm4', 'patch_embed3')) for k in pruned.model.state_dict())
+
+
+def test_grad_checkpointing_keeps_outputs_and_gradients():
+    torch.manual_seed(0)
+    model = timm.create_model(TINY, num_classes=5, drop_path_rate=0.)
+    for module in model.modules():  # drop the position MLPs' dropout: the two runs must draw nothing
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_reset_classifier_and_head(tiny):
+    tiny.reset_classifier(10)
+    assert tiny.head.out_features == 10 and tiny.get_classifier() is tiny.head
+    tiny.reset_classifier(0, global_pool='')
+    with torch.no_grad():
+        assert tiny(torch.randn(1, 3, 64, 64)).shape == (1, 128, 2, 2)
+    headless = timm.create_model(TINY, num_classes=0).eval()
+    assert headless(torch.randn(1, 3, 64, 64)).shape == (1, 128)
+
+
+def test_no_weight_decay_exempts_layer_scale(tiny):
+    names = tiny.no_weight_decay()
+    assert names and all(n.endswith(('ls1.gamma', 'ls2.gamma')) for n in names)
+    assert len(names) == 4 * 4  # 4 blocks x (MSSA, GSDA) x (ls1, ls2)
+    groups = timm.optim.param_groups_weight_decay(tiny, 0.05, no_weight_decay_list=names)
+    no_decay = {id(p) for g in groups if g['weight_decay'] == 0 for p in g['params']}
+    params = dict(tiny.named_parameters())
+    assert id(params['blocks1.0.mssa.ls1.gamma']) in no_decay
+    assert id(params['blocks1.0.gsda.attn.rel_pos.mlp.fc1.weight']) not in no_decay
+
+
+def test_group_matcher_covers_all_parameters(tiny):
+    for coarse, expected_groups in ((False, 1 + 4 + 3 + 1), (True, 1 + 4 + 1)):
+        groups = group_parameters(tiny, tiny.group_matcher(coarse=coarse))
+        names = sorted(n for group in groups.values() for n in group)
+        assert names == sorted(n for n, _ in tiny.named_parameters())
+        assert len(groups) == expected_groups  # stem, blocks (stage norm with the last), embeddings / stages, head
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
+def test_torchscript(tiny):
+    scripted = torch.jit.script(tiny)
+    x = torch.randn(2, 3, 97, 131)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), tiny(x))
+
+
+def test_fx_trace(tiny):
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+    tracer_kwargs = dict(leaf_modules=list(get_notrace_modules()), autowrap_functions=list(get_notrace_functions()))
+    _, eval_nodes = get_graph_node_names(tiny, tracer_kwargs=tracer_kwargs)
+    fx_model = create_feature_extractor(tiny, return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fx_model(x)[eval_nodes[-1]], tiny(x))
+
+
+@pytest.mark.parametrize('size', [(64, 64), (97, 131)])
+def test_torch_compile_captures_one_graph(tiny, size):
+    x = torch.randn(2, 3, *size)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(tiny)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(tiny, backend='eager', fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), tiny(x))
+
+
+def test_onnx_export_matches_onnxruntime(tiny, tmp_path):
+    ort = pytest.importorskip('onnxruntime')
+    path = tmp_path / 'scope_vit.onnx'
+    torch.onnx.export(tiny, (torch.randn(1, 3, 64, 64),), str(path), input_names=['images'],
+                      output_names=['logits'], opset_version=17, dynamo=False,
+                      dynamic_axes={'images': {0: 'batch', 2: 'height', 3: 'width'}})
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    for size in ((64, 64), (96, 128)):
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            expected = tiny(x).numpy()
+        (out,) = session.run(None, {'images': x.numpy()})
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
