@@ -17,7 +17,7 @@ DETECTION = ROOT / 'detection'
 sys.path.insert(0, str(DETECTION))
 sys.path.insert(0, str(ROOT / 'tools'))
 from make_demo_coco import make_dataset  # noqa: E402
-from paper import param_tolerance, paper_params  # noqa: E402
+from paper import param_tolerance, paper_params, reference_params  # noqa: E402
 
 PAPER_PARAMS = paper_params('detection/configs/')  # the paper's Table 3, in millions
 
@@ -57,6 +57,19 @@ def test_config_settings_follow_the_paper(name):
     assert cfg.model.backbone.init_cfg.type == 'Pretrained'
 
 
+SCOPE_VIT_PARAMS = reference_params('detection/configs/scope_vit/')  # released backbone + stock heads
+
+
+@pytest.mark.parametrize('name', sorted(SCOPE_VIT_PARAMS))
+def test_scope_vit_config_parameter_count_matches_reference(name):
+    cfg, model = build_detector(DETECTION / 'configs' / 'scope_vit' / f'{name}.py')
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(params - SCOPE_VIT_PARAMS[name]) <= 0.005, f'{name}: {params:.3f} M vs {SCOPE_VIT_PARAMS[name]}'
+    assert cfg.model.backbone.norm_eval and not cfg.model.backbone.norm_outputs
+    assert cfg.model.backbone.drop_path_rate == (0.05 if '-xt_' in name else 0.1)
+    assert set(cfg.optim_wrapper.paramwise_cfg.custom_keys) == {'ls1.gamma', 'ls2.gamma'}
+
+
 def run(args, cwd):
     result = run_command(args, cwd)
     return result.stdout + result.stderr
@@ -64,7 +77,7 @@ def run(args, cwd):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['retinanet_scalablevit-tiny_fpn_demo-coco', 'mask-rcnn_scalablevit-tiny_fpn_demo-coco',
-                                  'mask-rcnn_swin-t-vsa-tiny_fpn_demo-coco'])
+                                  'mask-rcnn_swin-t-vsa-tiny_fpn_demo-coco', 'mask-rcnn_scopevit-test_fpn_demo-coco'])
 def test_train_resume_test_and_demo_on_cpu(tmp_path, name):
     """Train two epochs on a generated COCO dataset, resume for a third, evaluate with the COCO metric
     through test.py (old `--eval` spelling), and draw the detections with demo.py."""

@@ -16,7 +16,7 @@ from mmengine.logging import HistoryBuffer  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 import scalablevit.openmmlab  # noqa: E402,F401  (registers the backbone)
-from scalablevit.openmmlab import ScalableViTBackbone  # noqa: E402
+from scalablevit.openmmlab import ScalableViTBackbone, ScopeViTBackbone  # noqa: E402
 
 from helpers import ROOT, TINY_MODEL, free_port, run_command  # noqa: E402
 
@@ -82,7 +82,8 @@ def test_paper_config_training_step_reaches_every_parameter(config):
     loss.backward()
     without_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not without_grad, f'{config.stem}: no gradient for {without_grad}'
-    assert any(n.startswith('backbone.out_norms.') for n, _ in model.named_parameters())
+    if cfg.model.backbone.get('norm_outputs', True):
+        assert any(n.startswith('backbone.out_norms.') for n, _ in model.named_parameters())
 
 
 # --- the generic backbone wrapper ---------------------------------------------------------------------------
@@ -196,6 +197,34 @@ def test_backbone_rejects_a_checkpoint_of_another_family(tmp_path):
     torch.save({'state_dict': {'conv1.weight': torch.zeros(8, 3, 7, 7), 'fc.weight': torch.zeros(10, 8)}}, path)
     with pytest.raises(ValueError, match='none of the tensors of ScalableViTBackbone'):
         ScalableViTBackbone(arch='test', init_cfg=dict(type='Pretrained', checkpoint=str(path))).init_weights()
+
+
+def test_scope_vit_backbone_keeps_batchnorm_statistics_and_loads_the_classifier(tmp_path):
+    """ScopeViT through the generic wrapper: the stage BatchNorms' maps at any size, ImageNet weights by
+    init_cfg, and with norm_eval every BatchNorm stays in eval mode while the rest trains."""
+    torch.manual_seed(0)
+    classifier = timm.create_model('scope_vit_test').eval()
+    for module in classifier.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # statistics that differ from the defaults
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / 'scope_vit_test.pth'
+    torch.save({'model': classifier.state_dict()}, path)
+    backbone = ScopeViTBackbone(arch='test', norm_outputs=False, norm_eval=True,
+                                init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    backbone.init_weights()
+    backbone.train()
+    batch_norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert batch_norms and not any(m.training for m in batch_norms) and backbone.blocks1.training
+    x = torch.randn(2, 3, 97, 131)
+    backbone(x)  # a training-mode forward must not move the statistics
+    backbone.eval()
+    with torch.no_grad():
+        outs = backbone(x)
+        expected = classifier.forward_intermediates(x, intermediates_only=True)
+    assert [o.shape[1:] for o in outs] == [(16, 25, 33), (32, 13, 17), (64, 7, 9), (128, 4, 5)]
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref)
 
 
 def test_backbone_in_both_registries():

@@ -17,9 +17,16 @@ SEGMENTATION = ROOT / 'segmentation'
 sys.path.insert(0, str(SEGMENTATION))
 sys.path.insert(0, str(ROOT / 'tools'))
 from make_demo_ade import make_dataset  # noqa: E402
-from paper import param_tolerance, paper_params  # noqa: E402
+from paper import param_tolerance, paper_params, reference_params  # noqa: E402
 
 PAPER_PARAMS = paper_params('segmentation/configs/')  # the paper's Table 4, in millions
+
+
+def build_segmentor(config):
+    from mmseg.registry import MODELS
+    cfg = Config.fromfile(str(config))
+    init_default_scope('mmseg')
+    return cfg, MODELS.build(cfg.model)
 
 
 @pytest.mark.parametrize('name', sorted(PAPER_PARAMS))
@@ -57,6 +64,19 @@ def test_config_settings_follow_the_paper(name):
     tta_scales = [t.scale_factor for t in cfg.tta_pipeline[1].transforms[0]]
     assert tta_scales == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
     assert cfg.model.backbone.init_cfg.type == 'Pretrained' and cfg.model.pretrained is None
+
+
+SCOPE_VIT_PARAMS = reference_params('segmentation/configs/scope_vit/')  # released backbone + stock heads
+
+
+@pytest.mark.parametrize('name', sorted(SCOPE_VIT_PARAMS))
+def test_scope_vit_config_parameter_count_matches_reference(name):
+    cfg, model = build_segmentor(SEGMENTATION / 'configs' / 'scope_vit' / f'{name}.py')
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(params - SCOPE_VIT_PARAMS[name]) <= 0.005, f'{name}: {params:.3f} M vs {SCOPE_VIT_PARAMS[name]}'
+    assert cfg.model.backbone.norm_eval and not cfg.model.backbone.norm_outputs
+    assert cfg.model.backbone.drop_path_rate == (0.05 if '-xt_' in name else 0.1)
+    assert set(cfg.optim_wrapper.paramwise_cfg.custom_keys) == {'ls1.gamma', 'ls2.gamma'}
 
 
 def run(args, cwd):
@@ -107,6 +127,24 @@ def test_cityscapes_train_resume_and_test_on_cpu(tmp_path):
     log = run([str(SEGMENTATION / 'test.py'), str(config), str(work / 'iter_6.pth'), '--eval', 'mIoU',
                '--work-dir', str(tmp_path / 'test')], cwd=tmp_path)
     assert 'traffic sign' in log and 0 <= float(log.split('mIoU: ')[-1].split()[0]) <= 100
+
+
+@pytest.mark.slow
+def test_scope_vit_upernet_train_resume_and_test_on_cpu(tmp_path):
+    """The ScopeViT-T UperNet config (narrow backbone, BatchNorm statistics frozen) on the ADE20K-layout
+    dataset: train 4 iterations, resume to 6, evaluate mIoU."""
+    make_dataset(tmp_path / 'data' / 'demo_ade', train_images=6, val_images=2)
+    config = SEGMENTATION / 'configs' / 'demo' / 'upernet_scopevit-test_demo-ade.py'
+    work = tmp_path / 'work'
+    log = run([str(SEGMENTATION / 'train.py'), str(config), '--work-dir', str(work)], cwd=tmp_path)
+    assert (work / 'iter_4.pth').exists() and 'mIoU' in log
+    log = run([str(SEGMENTATION / 'train.py'), str(config), '--work-dir', str(work), '--resume',
+               '--cfg-options', 'train_cfg.max_iters=6', 'train_cfg.val_interval=6',
+               'default_hooks.checkpoint.interval=6'], cwd=tmp_path)
+    assert 'resumed' in log.lower() and (work / 'iter_6.pth').exists()
+    log = run([str(SEGMENTATION / 'test.py'), str(config), str(work / 'iter_6.pth'), '--eval', 'mIoU',
+               '--work-dir', str(tmp_path / 'test')], cwd=tmp_path)
+    assert 0 <= float(log.split('mIoU: ')[-1].split()[0]) <= 100
 
 
 def test_cityscapes_demo_dataset_follows_the_layout(tmp_path):

@@ -3,7 +3,8 @@
     python tools/get_flops.py scalable_vit_small                                    # 224x224
     python tools/get_flops.py detection/configs/retinanet_scalablevit-s_fpn_1x_coco.py     # 800x1280
     python tools/get_flops.py segmentation/configs/upernet_scalablevit-s_8xb2-160k_ade20k-512x512.py  # 512x2048
-    python tools/get_flops.py --all --markdown docs/model_zoo.md                     # the 19 models of the paper
+    python tools/get_flops.py scope_vit_tiny                                        # its training size, 256x256
+    python tools/get_flops.py --all --markdown docs/model_zoo.md     # the paper's 19 models and the other families
 
 FLOPs are counted by `mmengine.analysis` (fvcore's counter: one multiply-add counts as one FLOP, as in the
 paper) with attention on its explicit path, so its matrix products are counted too; the count without them,
@@ -17,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from paper import PAPER
+from paper import OTHER_FAMILIES, PAPER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +71,16 @@ def build(target: str, shape: Tuple[int, int]) -> Tuple[nn.Module, nn.Module, to
     return model, TensorForward(model, [DetDataSample(metainfo=meta)]), images
 
 
+def default_shape(target: str) -> Tuple[int, int]:
+    """Classifiers: their pretrained config's input size (224 or 256); dense models: the paper's sizes."""
+    task = task_of(target)
+    if task != 'classification':
+        return DEFAULT_SHAPE[task]
+    import timm
+    import scalablevit  # noqa: F401  (registers the models)
+    return tuple(timm.models.get_pretrained_cfg(target).input_size[1:])
+
+
 def count(target: str, shape: Optional[Tuple[int, int]] = None) -> Dict[str, float]:
     """Millions of parameters and GFLOPs (multiply-adds) of one model: `flops` counts everything,
     `flops_no_attn` leaves out attention's two matrix products (q·kᵀ and attn·v), as the paper's numbers do.
@@ -77,7 +88,7 @@ def count(target: str, shape: Optional[Tuple[int, int]] = None) -> Dict[str, flo
     Attention runs its explicit path, where those products are the model's only `aten::matmul` calls (every
     Linear is `aten::linear`), so leaving them out is switching off the matmul handle."""
     from mmengine.analysis import FlopAnalyzer
-    shape = tuple(shape or DEFAULT_SHAPE[task_of(target)])
+    shape = tuple(shape or default_shape(target))
     model, traced, images = build(target, shape)
     result = dict(params=sum(p.numel() for p in model.parameters()) / 1e6, shape=shape)
     for module in model.modules():
@@ -94,13 +105,13 @@ def count(target: str, shape: Optional[Tuple[int, int]] = None) -> Dict[str, flo
     return result
 
 
-def markdown_table(rows: List[Tuple[str, float, float, Dict[str, float]]]) -> str:
-    lines = ['| Model | Input | #Param. (M) | paper | FLOPs (G) | without attention products | paper |',
+def markdown_table(rows: List[Tuple[str, float, float, Dict[str, float]]], source: str = 'paper') -> str:
+    lines = [f'| Model | Input | #Param. (M) | {source} | FLOPs (G) | without attention products | {source} |',
              '| ----- | ----- | ----------- | ----- | --------- | -------------------------- | ----- |']
     for target, paper_params, paper_flops, ours in rows:
         h, w = ours['shape']
-        lines.append(f'| {Path(target).stem} | {h}×{w} | {ours["params"]:.2f} | {paper_params} | '
-                     f'{ours["flops"]:.2f} | {ours["flops_no_attn"]:.2f} | {paper_flops} |')
+        lines.append(f'| {Path(target).stem} | {h}×{w} | {ours["params"]:.2f} | {paper_params or ""} | '
+                     f'{ours["flops"]:.2f} | {ours["flops_no_attn"]:.2f} | {paper_flops or ""} |')
     return '\n'.join(lines)
 
 
@@ -129,12 +140,24 @@ Why ours and the paper's differ:
   not say how it counted them.
 """
 
+FAMILIES_HEADER = """
+
+## The other families
+
+Classifiers at their training size (Swin+VSA 224×224, ScopeViT 256×256), dense models at the sizes above.
+`reference`: what the released code builds and fvcore counts for it (`../shared/reference/`: Swin+VSA and
+ScopeViT classifiers), or, for dense models, the released backbone with MMDetection's / MMSegmentation's stock
+heads. ScopeViT-T's README states 7.4 M parameters; its released code builds 8.01 M (the FLOPs, 2.0 G, agree).
+
+"""
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('target', nargs='?', help='timm model name or an OpenMMLab config file')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'), help='input size (default: per task)')
-    parser.add_argument('--all', action='store_true', help='the 19 models of the paper, with the paper\'s numbers')
+    parser.add_argument('--all', action='store_true',
+                        help='the 19 models of the paper and the other families, with the published numbers')
     parser.add_argument('--markdown', type=Path, help='with --all: also write the table to this file')
     args = parser.parse_args()
     if args.all == bool(args.target):
@@ -148,15 +171,20 @@ def main() -> None:
         print(f'{args.target}\n  input {h}x{w}  params {result["params"]:.2f} M  FLOPs {result["flops"]:.2f} G '
               f'({result["flops_no_attn"]:.2f} G without attention matrix products)')
         return
-    rows = []
-    for target, paper_params, paper_flops in PAPER:
-        ours = count(str(ROOT / target) if target.endswith('.py') else target, args.shape)
-        rows.append((target, paper_params, paper_flops, ours))
-        print(f'{Path(target).stem:55s} params {ours["params"]:8.2f} M (paper {paper_params:6})  FLOPs '
-              f'{ours["flops"]:8.1f} G, {ours["flops_no_attn"]:8.1f} G w/o attention (paper {paper_flops})', flush=True)
+    tables = []
+    for models in (PAPER, OTHER_FAMILIES):
+        rows = []
+        for target, paper_params, paper_flops in models:
+            ours = count(str(ROOT / target) if target.endswith('.py') else target, args.shape)
+            rows.append((target, paper_params, paper_flops, ours))
+            print(f'{Path(target).stem:55s} params {ours["params"]:8.2f} M (published {paper_params:6})  FLOPs '
+                  f'{ours["flops"]:8.1f} G, {ours["flops_no_attn"]:8.1f} G w/o attention (published {paper_flops})',
+                  flush=True)
+        tables.append(rows)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(ZOO_HEADER + markdown_table(rows) + ZOO_NOTES)
+        args.markdown.write_text(ZOO_HEADER + markdown_table(tables[0]) + ZOO_NOTES + FAMILIES_HEADER
+                                 + markdown_table(tables[1], source='reference') + '\n')
         print(f'wrote {args.markdown}')
 
 

@@ -20,10 +20,10 @@ from mmengine.logging import print_log
 from timm.models import group_parameters
 
 from ..checkpoint import load_state_dict
-from .. import swin_vsa
+from .. import scope_vit, swin_vsa
 from ..scalable_vit import ARCH_SETTINGS, LN_EPS, ScalableViT, checkpoint_filter_fn
 
-__all__ = ['DenseBackboneMixin', 'register_backbone', 'ScalableViTBackbone', 'SwinVSABackbone']
+__all__ = ['DenseBackboneMixin', 'register_backbone', 'ScalableViTBackbone', 'ScopeViTBackbone', 'SwinVSABackbone']
 
 
 class DenseBackboneMixin:
@@ -37,6 +37,9 @@ class DenseBackboneMixin:
         norm_outputs: A LayerNorm over channels on each returned map (`out_norms.<stage>`), as in
             MMDetection's Swin; False returns the stage maps as the model makes them.
         with_cp: Gradient checkpointing of every block (less memory, more compute).
+        norm_eval: Keep every BatchNorm in eval mode while training (statistics frozen at their loaded
+            values, affine parameters still trained), as MMDetection's ResNets do; for families with
+            BatchNorm (ScopeViT), where 2 images per GPU give noisy batch statistics.
         init_cfg: `dict(type='Pretrained', checkpoint=PATH[, prefix='backbone.'][, use_ema=None])` loads
             ImageNet (or detector) weights by the package's checkpoint policy (`scalablevit.checkpoint`:
             EMA weights when present unless `use_ema=False`); the classifier, the classification norm and
@@ -53,6 +56,7 @@ class DenseBackboneMixin:
             frozen_stages: int = -1,
             norm_outputs: bool = True,
             with_cp: bool = False,
+            norm_eval: bool = False,
             init_cfg: Optional[Dict] = None,
             **kwargs,
     ):
@@ -64,6 +68,7 @@ class DenseBackboneMixin:
         num_stages = len(self.feature_info)
         self.out_indices = tuple(sorted({i % num_stages for i in out_indices}))
         self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
         self.init_cfg = init_cfg
         # stage widths, read before pruning changes nothing about them
         widths = [info['num_chs'] for info in self.feature_info]
@@ -100,6 +105,10 @@ class DenseBackboneMixin:
     def train(self, mode: bool = True):
         super().train(mode)
         self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     def init_weights(self) -> None:
@@ -155,3 +164,12 @@ class SwinVSABackbone(DenseBackboneMixin, swin_vsa.SwinTransformerVSA):
     MMDetection's Swin gives them."""
     arch_settings = swin_vsa.ARCH_SETTINGS
     checkpoint_filter = staticmethod(swin_vsa.checkpoint_filter_fn)
+
+
+@register_backbone
+class ScopeViTBackbone(DenseBackboneMixin, scope_vit.ScopeViT):
+    """ScopeViT at strides 4, 8, 16, 32; `arch` is 'xtiny', 'tiny', 'small' or 'test'. The maps are the
+    stage BatchNorms' outputs, as the release's `fork_feat` model gives them, so configs set
+    `norm_outputs=False`; any input size runs (GSDA pads and masks)."""
+    arch_settings = scope_vit.ARCH_SETTINGS
+    checkpoint_filter = staticmethod(scope_vit.checkpoint_filter_fn)

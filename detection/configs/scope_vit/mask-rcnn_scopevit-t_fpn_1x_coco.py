@@ -1,0 +1,23 @@
+# Mask R-CNN + ScopeViT-T, 1x schedule (12 epochs), single scale 1333x800, 8 GPUs x 2 images: the release's
+# settings (AdamW lr 2e-4, weight decay 0.05, drop path 0.1) on MMDetection 3.x. The primitive of the
+# ScopeViT Mask R-CNN configs; XT and S are deltas on it. LayerScale is exempt from weight decay as the
+# release meant (its `layer_scale` key matched no parameter); any padded input size runs.
+_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+custom_imports = dict(imports=['scalablevit.openmmlab'], allow_failed_imports=False)
+
+pretrained = 'checkpoints/scope_vit_tiny.pth'  # ImageNet-1K weights (none were published: train them)
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='ScopeViTBackbone',
+        arch='tiny',
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.1,
+        norm_outputs=False,  # the stage maps are already BatchNorm-normed
+        norm_eval=True,  # 2 images per GPU: keep the ImageNet BatchNorm statistics
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(in_channels=[32, 64, 128, 256]))
+
+optim_wrapper = dict(
+    optimizer=dict(_delete_=True, type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=dict(custom_keys={'ls1.gamma': dict(decay_mult=0.), 'ls2.gamma': dict(decay_mult=0.)}))
