@@ -34,9 +34,15 @@ DEFAULT_DROP_PATH = {'scalable_vit_small': 0.2, 'scalable_vit_base': 0.5, 'scala
 # Defaults that differ from the DeiT recipe per model family (explicit flags still win): Swin+VSA trains with
 # Swin's recipe (20 warm-up epochs, EMA on, drop path 0.2 / 0.3; AdamW, lr, wd, clip and smoothing as DeiT's).
 SWIN_RECIPE = dict(warmup_epochs=20, model_ema=True)
+# ScopeViT published no recipe: DeiT's (the paper compares under it) at the release's 256x256 with its eval
+# crop of 0.9, and the drop path of the release's dense configs (0.05 for XT, 0.1 for T and S).
+SCOPE_VIT_RECIPE = dict(input_size=256, eval_crop_ratio=0.9)
 MODEL_RECIPES = {
     'swin_tiny_vsa_patch4_window7_224': dict(SWIN_RECIPE, drop_path=0.2),
     'swin_small_vsa_patch4_window7_224': dict(SWIN_RECIPE, drop_path=0.3),
+    'scope_vit_xtiny': dict(SCOPE_VIT_RECIPE, drop_path=0.05),
+    'scope_vit_tiny': dict(SCOPE_VIT_RECIPE, drop_path=0.1),
+    'scope_vit_small': dict(SCOPE_VIT_RECIPE, drop_path=0.1),
 }
 AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'none': None}
 
