@@ -66,16 +66,29 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, sizes=(1024, 2048, 409
     return best
 
 
+def create_model_for_size(name: str, img_size: int) -> torch.nn.Module:
+    """A timm model for `img_size` inputs: models built for one size (Swin, Twins) take `img_size`; this
+    package's models and convolutional ones take any size as built."""
+    import timm
+    import scalablevit  # noqa: F401  (registers the models)
+    if name in timm.list_models(module=['scalable_vit', 'scope_vit', 'swin_vsa']):
+        return timm.create_model(name)
+    try:
+        return timm.create_model(name, img_size=img_size)
+    except TypeError:  # no img_size argument: the model is not tied to one input size
+        return timm.create_model(name)
+
+
 def multiply_adds(name: str, img_size: int) -> float:
     """Multiply-adds per image (fvcore's count), attention's matrix products included."""
     sys.path.insert(0, str(ROOT / 'tools'))
     import get_flops
     import timm
     import scalablevit  # noqa: F401  (registers the models)
-    if name in timm.list_models(module=['scalable_vit', 'swin_vsa']):  # this package's models: any input size
+    if name in timm.list_models(module=['scalable_vit', 'scope_vit', 'swin_vsa']):  # this package's models: any input size
         return get_flops.count(name, (img_size, img_size))['flops'] * 1e9
     from mmengine.analysis import FlopAnalyzer
-    model = timm.create_model(name, img_size=img_size).eval()
+    model = create_model_for_size(name, img_size).eval()
     for module in model.modules():
         if hasattr(module, 'fused_attn'):
             module.fused_attn = False
@@ -117,8 +130,7 @@ def measure(args: argparse.Namespace) -> Dict:
     import scalablevit  # noqa: F401  (registers the models)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    kwargs = {} if args.model.startswith('scalable_vit') else dict(img_size=args.img_size)
-    model = timm.create_model(args.model, **kwargs).to(device)
+    model = create_model_for_size(args.model, args.img_size).to(device)
     if args.variant == 'explicit':
         model.set_fused_attn(False)
     if args.variant == 'ckpt':
