@@ -34,7 +34,7 @@ from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs,
 from timm.models._features import feature_take_indices
 
 from .checkpoint import filter_for_model
-from .layers import SMALL_ATTENTION_TOKENS, sdpa_is_faster  # noqa: F401  (re-exported)
+from .layers import SMALL_ATTENTION_TOKENS, sdpa_equal_widths, sdpa_is_faster  # noqa: F401  (re-exported)
 from .vsa import WindowRegressor, varied_size_window_attention
 
 __all__ = ['ARCH_SETTINGS', 'ScalableViT', 'checkpoint_filter_fn']
@@ -60,7 +60,7 @@ def attend(
     operations (for export, debugging and benchmarking). All give the same result.
     """
     if fused and sdpa_is_faster(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+        return sdpa_equal_widths(q, k, v, attn_mask, dropout_p, scale)
     attn = (q @ k.transpose(-2, -1)) * scale
     if attn_mask is not None:
         attn = attn.masked_fill(~attn_mask, float('-inf'))

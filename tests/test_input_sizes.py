@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import ATTENTION_PATHS, select_attention_path
-from scalablevit.scalable_vit import min_input_size, sdpa_is_faster, window_attention
+from scalablevit.scalable_vit import min_input_size, sdpa_equal_widths, sdpa_is_faster, window_attention
 
 
 def reference_window_attention(qkv: torch.Tensor, num_heads: int, window_size: int) -> torch.Tensor:
@@ -65,16 +65,35 @@ def test_attention_paths_agree_on_padded_input(monkeypatch, tiny):
 
 
 def test_cpu_kernel_choice():
-    """On CPU, short windows and SSA with r_c != 1 take the explicit ops; long equal-width attention SDPA."""
+    """On CPU, short windows and short SSA with r_c != 1 take the explicit ops; long attention SDPA (on
+    zero-padded widths where q/k and v widths differ)."""
     def shapes(queries, keys, qk_dim, v_dim):
         return torch.empty(8, 2, queries, qk_dim), torch.empty(8, 2, keys, qk_dim), torch.empty(8, 2, keys, v_dim)
 
     assert not sdpa_is_faster(*shapes(49, 49, 32, 32))  # IWSA window
-    assert not sdpa_is_faster(*shapes(3136, 49, 40, 32))  # SSA, r_c = 1.25
+    assert not sdpa_is_faster(*shapes(784, 49, 40, 32))  # SSA stage 2 at 224, r_c = 1.25
+    assert sdpa_is_faster(*shapes(3136, 49, 40, 32))  # SSA stage 1 at 224, r_c = 1.25
+    assert sdpa_is_faster(*shapes(67200, 1050, 40, 32))  # SSA stage 1 at 800x1344
     assert sdpa_is_faster(*shapes(3136, 49, 32, 32))  # SSA, r_c = 1, long query sequence
     assert sdpa_is_faster(*shapes(196, 196, 32, 32))
     meta = [t.to('meta') for t in shapes(49, 49, 32, 32)]
     assert sdpa_is_faster(*meta)  # any accelerator keeps SDPA
+
+
+@pytest.mark.parametrize('qk_dim, v_dim', [(40, 32), (8, 32), (32, 32)])
+def test_sdpa_on_padded_widths_is_exact(qk_dim, v_dim):
+    """SSA's q/k and v widths differ (r_c != 1): SDPA on zero-padded widths gives the explicit result and
+    the same gradients."""
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 2, 300, qk_dim, requires_grad=True), torch.randn(2, 2, 70, qk_dim, requires_grad=True)
+    v = torch.randn(2, 2, 70, v_dim, requires_grad=True)
+    scale = qk_dim ** -0.5
+    explicit = ((q @ k.transpose(-2, -1)) * scale).softmax(-1) @ v
+    grads = torch.autograd.grad(explicit.square().sum(), (q, k, v))
+    fused = sdpa_equal_widths(q, k, v, None, 0., scale)
+    torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(fused.square().sum(), (q, k, v)), grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('size', [(97, 131), (512, 683), (29, 29), (224, 35)])
