@@ -30,3 +30,23 @@ def test_benchmark_rows_and_json(tmp_path):
     assert rows['fast', 'train']['step_mb'] > 0  # gradients alone are 122 MiB
     assert report['allocator'] == 'cached'
     assert 'matmul peak' in result.stdout and 'scalable_vit_small' in result.stdout
+
+
+@pytest.mark.slow  # about 30 s: each row builds its backbone in its own process
+def test_dense_benchmark_rows_json_and_curve(tmp_path):
+    pytest.importorskip('mmdet')
+    out, plot = tmp_path / 'dense.json', tmp_path / 'curve.png'
+    result = subprocess.run(
+        [sys.executable, str(ROOT / 'benchmarks' / 'dense.py'), '--curve', '--models', 'scalablevit-s', 'swin-t',
+         '--sizes', '96x96', '128x160', '--warmup', '0', '--repeats', '1', '--threads', '1', '--json', str(out),
+         '--plot', str(plot)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())['rows']
+    assert {(r['model'], r['size'], r['mode']) for r in rows} == {
+        (m, s, mode) for m in ('scalablevit-s', 'swin-t') for s in ('96x96', '128x160') for mode in ('infer', 'train')}
+    for row in rows:
+        assert 'error' not in row and row['batch_size'] == 1 and row['median_s'] > 0
+        assert row['peak_mb'] > 0 and 0 <= row['step_mb'] <= row['peak_mb']
+    train = {(r['model'], r['size']): r['step_mb'] for r in rows if r['mode'] == 'train'}
+    assert train['scalablevit-s', '128x160'] > train['scalablevit-s', '96x96']  # more pixels, more activations
+    assert plot.stat().st_size > 10_000

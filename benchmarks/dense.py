@@ -1,0 +1,197 @@
+"""Backbone speed and memory at detection and segmentation sizes, as MMDetection / MMSegmentation run them.
+
+    python benchmarks/dense.py                                   # CPU: 512x512, 800x1344, 1024x2048, batch 1 and 2
+    python benchmarks/dense.py --sizes 800x1344 --batch-sizes 1 --models scalablevit-s swin-t --rounds 3
+    python benchmarks/dense.py --curve --plot benchmarks/cost_curve.png    # time and memory against pixels
+    python benchmarks/dense.py --device cuda --amp                          # the same table on a GPU
+
+Each row builds one backbone in a fresh process: this package's OpenMMLab backbones (`ScalableViTBackbone`,
+`ScopeViTBackbone`, `SwinVSABackbone`, four outputs) and MMDetection's own `SwinTransformer` (Swin-T/S, its
+Mask R-CNN settings). `infer` is a forward without gradients; `train` a forward and a backward of the sum of
+the four maps (what the neck and heads would send back), without an optimizer. Rows are interleaved over
+`--rounds` and the median round is kept. Time: median of `--repeats` steps after `--warmup`; memory as in
+`benchmark.py` (`peak MB`: the process's peak; `step MB`: what the step adds).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchmark import CACHED_MALLOC_ENV, step_memory_mb, timed  # noqa: E402
+
+# name: (backbone config, as a detection config would give it)
+BACKBONES = {
+    'scalablevit-s': dict(type='ScalableViTBackbone', arch='small'),
+    'scalablevit-b': dict(type='ScalableViTBackbone', arch='base'),
+    'scalablevit-l': dict(type='ScalableViTBackbone', arch='large'),
+    'scopevit-t': dict(type='ScopeViTBackbone', arch='tiny', norm_outputs=False),
+    'swin-t-vsa': dict(type='SwinVSABackbone', arch='tiny'),
+    'swin-t': dict(type='mmdet.SwinTransformer', embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                   window_size=7, mlp_ratio=4, qkv_bias=True, drop_path_rate=0.2, patch_norm=True,
+                   out_indices=(0, 1, 2, 3)),
+    'swin-s': dict(type='mmdet.SwinTransformer', embed_dims=96, depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24],
+                   window_size=7, mlp_ratio=4, qkv_bias=True, drop_path_rate=0.2, patch_norm=True,
+                   out_indices=(0, 1, 2, 3)),
+}
+DEFAULT_MODELS = ('scalablevit-s', 'scalablevit-b', 'scalablevit-l', 'swin-t', 'swin-s')
+DEFAULT_SIZES = ('512x512', '800x1344', '1024x2048')
+# The cost curve: from classification size to segmentation's test size, ~1.6x more pixels per step.
+CURVE_SIZES = ('224x224', '320x320', '448x448', '512x512', '640x640', '800x800', '800x1344', '1024x1536',
+               '1024x2048')
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    height, width = text.lower().split('x')
+    return int(height), int(width)
+
+
+def build_backbone(name: str) -> torch.nn.Module:
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    import scalablevit.openmmlab  # noqa: F401  (registers this package's backbones)
+    init_default_scope('mmdet')
+    return MODELS.build(dict(BACKBONES[name]))
+
+
+def measure(args: argparse.Namespace) -> Dict:
+    """One row in this (child) process."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model = build_backbone(args.model).to(device)
+    height, width = parse_size(args.size)
+    images = torch.randn(args.batch_size, 3, height, width, device=device)
+    amp_dtype = torch.bfloat16 if args.amp else None
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    if args.mode == 'infer':
+        model.eval()
+
+        def step():
+            with torch.no_grad(), autocast():
+                model(images)
+    else:
+        model.train()
+
+        def step():
+            with autocast():
+                loss = sum(feature.float().sum() for feature in model(images))
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+
+    times = timed(step, device, args.warmup, args.repeats)
+    peak_mb, step_mb = step_memory_mb(step, device)
+    median = statistics.median(times)
+    return dict(model=args.model, mode=args.mode, size=args.size, batch_size=args.batch_size, median_s=median,
+                min_s=min(times), max_s=max(times), peak_mb=peak_mb, step_mb=step_mb)
+
+
+def run_row(args: argparse.Namespace, model: str, size: str, batch_size: int, mode: str) -> Dict:
+    command = [sys.executable, __file__, '--_child', '--_model', model, '--_size', size, '--_batch', str(batch_size),
+               '--_mode', mode, '--device', args.device, '--threads', str(args.threads), '--warmup',
+               str(args.warmup), '--repeats', str(args.repeats)] + (['--amp'] if args.amp else [])
+    env = dict(os.environ, **(CACHED_MALLOC_ENV if args.device == 'cpu' else {}))
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        return dict(model=model, mode=mode, size=size, batch_size=batch_size, error=result.stderr.strip()[-300:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def plot_curve(rows: List[Dict], path: Path) -> None:
+    """Time and step memory per image against megapixels, one line per model and mode (log-log)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, (ax_time, ax_memory) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for (model, mode) in sorted({(r['model'], r['mode']) for r in rows if 'error' not in r}):
+        points = sorted((parse_size(r['size'])[0] * parse_size(r['size'])[1] / 1e6, r) for r in rows
+                        if r['model'] == model and r['mode'] == mode and 'error' not in r)
+        pixels = [p for p, _ in points]
+        style = '-' if mode == 'train' else '--'
+        ax_time.plot(pixels, [r['median_s'] / r['batch_size'] for _, r in points], style, marker='o',
+                     label=f'{model} {mode}')
+        ax_memory.plot(pixels, [r['step_mb'] / r['batch_size'] for _, r in points], style, marker='o',
+                       label=f'{model} {mode}')
+    for ax, label in ((ax_time, 'seconds per image'), (ax_memory, 'step memory per image (MB)')):
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xlabel('megapixels per image')
+        ax.set_ylabel(label)
+        ax.grid(True, which='both', alpha=0.3)
+    ax_time.legend(fontsize=8)
+    fig.suptitle('Backbone cost against input size (forward; forward + backward of the four maps)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', nargs='+', default=None, choices=sorted(BACKBONES))
+    parser.add_argument('--sizes', nargs='+', default=None, help='HxW, e.g. 800x1344')
+    parser.add_argument('--batch-sizes', nargs='+', type=int, default=None)
+    parser.add_argument('--modes', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
+    parser.add_argument('--curve', action='store_true',
+                        help='the cost curve: ScalableViT-S and Swin-T at 224x224 ... 1024x2048, batch 1')
+    parser.add_argument('--plot', type=Path, help='with --curve: write the plot here (PNG)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--rounds', type=int, default=1)
+    parser.add_argument('--amp', action='store_true', help='bfloat16 autocast')
+    parser.add_argument('--json', type=Path, help='write all rows here')
+    for hidden in ('--_model', '--_size', '--_batch', '--_mode'):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    parser.add_argument('--_child', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._child:
+        args.model, args.size, args.batch_size, args.mode = args._model, args._size, int(args._batch), args._mode
+        print(json.dumps(measure(args)))
+        return
+    models = args.models or (['scalablevit-s', 'swin-t'] if args.curve else list(DEFAULT_MODELS))
+    sizes = args.sizes or list(CURVE_SIZES if args.curve else DEFAULT_SIZES)
+    batch_sizes = args.batch_sizes or ([1] if args.curve else [1, 2])
+    for size in sizes:
+        parse_size(size)  # fail early on a malformed size
+
+    print(f'device {args.device}, {args.threads} threads{", bf16 autocast" if args.amp else ""}; backbone only, '
+          f'four outputs; warmup {args.warmup}, median of {args.repeats}, {args.rounds} round(s)', flush=True)
+    header = (f'{"model":14s} {"size":>10s} {"batch":>5s} {"mode":5s} {"median s":>9s} {"spread s":>15s} '
+              f'{"peak MB":>8s} {"step MB":>8s}')
+    print(header + '\n' + '-' * len(header), flush=True)
+    plan = [(model, size, batch, mode) for size in sizes for batch in batch_sizes for mode in args.modes
+            for model in models]
+    rounds: Dict[Tuple, List[Dict]] = {key: [] for key in plan}
+    for index in range(args.rounds):
+        for key in plan:
+            print(f'  round {index + 1}/{args.rounds}: {" ".join(map(str, key))}', file=sys.stderr, flush=True)
+            rounds[key].append(run_row(args, *key))
+    rows = []
+    for (model, size, batch, mode), results in rounds.items():
+        ok = [r for r in results if 'error' not in r]
+        row = sorted(ok, key=lambda r: r['median_s'])[(len(ok) - 1) // 2] if ok else results[0]
+        rows.append(row)
+        if 'error' in row:
+            print(f'{model:14s} {size:>10s} {batch:5d} {mode:5s} failed: {row["error"].splitlines()[-1]}', flush=True)
+            continue
+        print(f'{model:14s} {size:>10s} {batch:5d} {mode:5s} {row["median_s"]:9.3f} '
+              f'{row["min_s"]:7.3f}-{row["max_s"]:<7.3f} {row["peak_mb"]:8.0f} {row["step_mb"]:8.0f}', flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(dict(device=args.device, threads=args.threads, rows=rows), indent=2))
+        print(f'wrote {args.json}')
+    if args.plot:
+        plot_curve(rows, args.plot)
+        print(f'wrote {args.plot}')
+
+
+if __name__ == '__main__':
+    os.environ.setdefault('PYTHONWARNINGS', 'ignore')
+    main()
