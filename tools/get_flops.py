@@ -145,9 +145,8 @@ FAMILIES_HEADER = """
 ## The other families
 
 Classifiers at their training size (Swin+VSA 224×224, ScopeViT 256×256), dense models at the sizes above.
-`reference`: what the released code builds and fvcore counts for it (`../shared/reference/`: Swin+VSA and
-ScopeViT classifiers), or, for dense models, the released backbone with MMDetection's / MMSegmentation's stock
-heads. ScopeViT-T's README states 7.4 M parameters; its released code builds 8.01 M (the FLOPs, 2.0 G, agree).
+`reference`: what the released code builds and fvcore counts for it (Swin+VSA and ScopeViT classifiers), or,
+for dense models, the released backbone with MMDetection's / MMSegmentation's stock heads. ScopeViT-T's README states 7.4 M parameters; its released code builds 8.01 M (the FLOPs, 2.0 G, agree).
 
 """
 
@@ -159,6 +158,9 @@ def main() -> None:
     parser.add_argument('--all', action='store_true',
                         help='the 19 models of the paper and the other families, with the published numbers')
     parser.add_argument('--markdown', type=Path, help='with --all: also write the table to this file')
+    parser.add_argument('--families-only', action='store_true',
+                        help='with --all --markdown: recount only the other families and rewrite their table, '
+                             'keeping the paper\'s table of the existing file')
     args = parser.parse_args()
     if args.all == bool(args.target):
         parser.error('give a model name or config, or --all')
@@ -171,20 +173,25 @@ def main() -> None:
         print(f'{args.target}\n  input {h}x{w}  params {result["params"]:.2f} M  FLOPs {result["flops"]:.2f} G '
               f'({result["flops_no_attn"]:.2f} G without attention matrix products)')
         return
+    if args.families_only and not (args.markdown and args.markdown.is_file()):
+        parser.error('--families-only rewrites part of an existing --markdown file')
     tables = []
-    for models in (PAPER, OTHER_FAMILIES):
+    for models in ((OTHER_FAMILIES,) if args.families_only else (PAPER, OTHER_FAMILIES)):
         rows = []
         for target, paper_params, paper_flops in models:
             ours = count(str(ROOT / target) if target.endswith('.py') else target, args.shape)
             rows.append((target, paper_params, paper_flops, ours))
-            print(f'{Path(target).stem:55s} params {ours["params"]:8.2f} M (published {paper_params:6})  FLOPs '
-                  f'{ours["flops"]:8.1f} G, {ours["flops_no_attn"]:8.1f} G w/o attention (published {paper_flops})',
-                  flush=True)
+            print(f'{Path(target).stem:55s} params {ours["params"]:8.2f} M (published {str(paper_params):6})  '
+                  f'FLOPs {ours["flops"]:8.1f} G, {ours["flops_no_attn"]:8.1f} G w/o attention (published '
+                  f'{paper_flops})', flush=True)
         tables.append(rows)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(ZOO_HEADER + markdown_table(tables[0]) + ZOO_NOTES + FAMILIES_HEADER
-                                 + markdown_table(tables[1], source='reference') + '\n')
+        if args.families_only:
+            paper_part = args.markdown.read_text().split(FAMILIES_HEADER)[0].rstrip('\n') + '\n'
+        else:
+            paper_part = ZOO_HEADER + markdown_table(tables[0]) + ZOO_NOTES
+        args.markdown.write_text(paper_part + FAMILIES_HEADER + markdown_table(tables[-1], source='reference') + '\n')
         print(f'wrote {args.markdown}')
 
 
