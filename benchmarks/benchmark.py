@@ -126,8 +126,6 @@ def step_memory_mb(step: Callable[[], None], device: torch.device) -> Tuple[floa
 
 def measure(args: argparse.Namespace) -> Dict:
     """One row: build the model, time it in one mode, report; runs in a child process."""
-    import timm
-    import scalablevit  # noqa: F401  (registers the models)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = create_model_for_size(args.model, args.img_size).to(device)

@@ -5,7 +5,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 import timm
@@ -103,3 +103,53 @@ def run_command(args: List[str], cwd: Path, timeout: int = 900, env: Optional[Di
     if check:
         assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     return result
+
+
+# --- export checks shared by the model families' tests ------------------------------------------------------
+
+def assert_scripts(model: torch.nn.Module, size: Tuple[int, int]) -> None:
+    """TorchScript gives the eager outputs (on a size that needs padding, so the padded branch is scripted)."""
+    scripted = torch.jit.script(model)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+
+
+def assert_fx_traces(model: torch.nn.Module, size: Tuple[int, int] = (64, 64)) -> None:
+    """torch.fx (timm's leaf modules and functions) traces the model to the eager outputs."""
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+    tracer_kwargs = dict(leaf_modules=list(get_notrace_modules()), autowrap_functions=list(get_notrace_functions()))
+    _, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(fx_model(x)[eval_nodes[-1]], model(x))
+
+
+def assert_compiles_to_one_graph(model: torch.nn.Module, size: Tuple[int, int]) -> None:
+    """Dynamo captures the whole forward without a graph break, and the compiled model agrees."""
+    x = torch.randn(2, 3, *size)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(model, backend='eager', fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+
+
+def assert_onnx_matches_onnxruntime(model: torch.nn.Module, path: Path,
+                                    sizes: Sequence[Tuple[int, int]] = ((64, 64), (96, 128))) -> None:
+    """Export with dynamic batch, height and width (traced at 64x64); onnxruntime matches PyTorch at `sizes`."""
+    import numpy as np
+    ort = pytest.importorskip('onnxruntime')
+    torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(path), input_names=['images'],
+                      output_names=['logits'], opset_version=17, dynamo=False,
+                      dynamic_axes={'images': {0: 'batch', 2: 'height', 3: 'width'}})
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    for size in sizes:
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        (out,) = session.run(None, {'images': x.numpy()})
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)

@@ -12,7 +12,16 @@ from timm.models import group_parameters
 
 from scalablevit.scope_vit import DilatedLatticeAttention
 
-from helpers import ATTENTION_PATHS, DATA_DIR, relative_error, select_attention_path
+from helpers import (
+    ATTENTION_PATHS,
+    DATA_DIR,
+    assert_compiles_to_one_graph,
+    assert_fx_traces,
+    assert_onnx_matches_onnxruntime,
+    assert_scripts,
+    relative_error,
+    select_attention_path,
+)
 
 MAX_RELATIVE_ERROR = 1e-5
 VARIANTS = ('xtiny', 'tiny', 'small')
@@ -265,45 +274,18 @@ def test_group_matcher_covers_all_parameters(tiny):
 
 @pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
 def test_torchscript(tiny):
-    scripted = torch.jit.script(tiny)
-    x = torch.randn(2, 3, 97, 131)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), tiny(x))
+    assert_scripts(tiny, (97, 131))
 
 
 def test_fx_trace(tiny):
-    from timm.layers import get_notrace_functions, get_notrace_modules
-    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
-    tracer_kwargs = dict(leaf_modules=list(get_notrace_modules()), autowrap_functions=list(get_notrace_functions()))
-    _, eval_nodes = get_graph_node_names(tiny, tracer_kwargs=tracer_kwargs)
-    fx_model = create_feature_extractor(tiny, return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(fx_model(x)[eval_nodes[-1]], tiny(x))
+    assert_fx_traces(tiny)
 
 
 @pytest.mark.parametrize('size', [(64, 64), (97, 131)])
 def test_torch_compile_captures_one_graph(tiny, size):
-    x = torch.randn(2, 3, *size)
-    torch._dynamo.reset()
-    explanation = torch._dynamo.explain(tiny)(x)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    compiled = torch.compile(tiny, backend='eager', fullgraph=True)
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), tiny(x))
+    assert_compiles_to_one_graph(tiny, size)
 
 
 def test_onnx_export_matches_onnxruntime(tiny, tmp_path):
-    ort = pytest.importorskip('onnxruntime')
-    path = tmp_path / 'scope_vit.onnx'
-    torch.onnx.export(tiny, (torch.randn(1, 3, 64, 64),), str(path), input_names=['images'],
-                      output_names=['logits'], opset_version=17, dynamo=False,
-                      dynamic_axes={'images': {0: 'batch', 2: 'height', 3: 'width'}})
-    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    for size in ((64, 64), (96, 128)):
-        x = torch.randn(2, 3, *size)
-        with torch.no_grad():
-            expected = tiny(x).numpy()
-        (out,) = session.run(None, {'images': x.numpy()})
-        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    assert_onnx_matches_onnxruntime(tiny, tmp_path / 'scope_vit.onnx')
 
