@@ -72,7 +72,8 @@ def test_parameter_names_and_shapes_match_release(variant, golden):
     assert all(k.rsplit('.', 1)[1] in ('running_mean', 'running_var', 'num_batches_tracked') for k in buffers)
 
 
-@pytest.mark.parametrize('variant', VARIANTS)
+# ScopeViT-T in the fast tier; XT and S (the same code at other widths and depths) in the slow one
+@pytest.mark.parametrize('variant', [v if v == 'tiny' else pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS])
 def test_golden_logits_and_features(monkeypatch, variant, golden):
     """Base, sharp-attention and 256x512 cases, on every attention path."""
     model = timm.create_model(f'scope_vit_{variant}').eval()
@@ -281,7 +282,7 @@ def test_fx_trace(tiny):
     assert_fx_traces(tiny)
 
 
-@pytest.mark.parametrize('size', [(64, 64), (97, 131)])
+@pytest.mark.parametrize('size', [(64, 64), pytest.param((97, 131), marks=pytest.mark.slow)])
 def test_torch_compile_captures_one_graph(tiny, size):
     assert_compiles_to_one_graph(tiny, size)
 

@@ -265,7 +265,7 @@ def test_fx_trace(tiny):
     assert_fx_traces(tiny)
 
 
-@pytest.mark.parametrize('size', [(64, 64), (97, 131)])
+@pytest.mark.parametrize('size', [(64, 64), pytest.param((97, 131), marks=pytest.mark.slow)])
 def test_torch_compile_captures_one_graph(tiny, size):
     assert_compiles_to_one_graph(tiny, size)
 
