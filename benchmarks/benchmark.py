@@ -66,12 +66,18 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, sizes=(1024, 2048, 409
     return best
 
 
+def is_package_model(name: str) -> bool:
+    """Whether a timm model name is one of this package's models (any input size, FLOPs by get_flops)."""
+    import timm
+    import scalablevit  # noqa: F401  (registers the models)
+    return timm.models.model_entrypoint(name).__module__.startswith('scalablevit.')
+
+
 def create_model_for_size(name: str, img_size: int) -> torch.nn.Module:
     """A timm model for `img_size` inputs: models built for one size (Swin, Twins) take `img_size`; this
     package's models and convolutional ones take any size as built."""
     import timm
-    import scalablevit  # noqa: F401  (registers the models)
-    if name in timm.list_models(module=['scalable_vit', 'scope_vit', 'swin_vsa']):
+    if is_package_model(name):
         return timm.create_model(name)
     try:
         return timm.create_model(name, img_size=img_size)
@@ -83,9 +89,7 @@ def multiply_adds(name: str, img_size: int) -> float:
     """Multiply-adds per image (fvcore's count), attention's matrix products included."""
     sys.path.insert(0, str(ROOT / 'tools'))
     import get_flops
-    import timm
-    import scalablevit  # noqa: F401  (registers the models)
-    if name in timm.list_models(module=['scalable_vit', 'scope_vit', 'swin_vsa']):  # this package's models: any input size
+    if is_package_model(name):
         return get_flops.count(name, (img_size, img_size))['flops'] * 1e9
     from mmengine.analysis import FlopAnalyzer
     model = create_model_for_size(name, img_size).eval()

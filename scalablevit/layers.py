@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-__all__ = ['LARGE_ATTENTION_SCORES', 'SMALL_ATTENTION_TOKENS', 'attend_with_bias', 'sdpa_equal_widths',
-           'sdpa_is_faster']
+__all__ = ['LARGE_ATTENTION_SCORES', 'SMALL_ATTENTION_TOKENS', 'attend_with_bias', 'check_input_size',
+           'sdpa_equal_widths', 'sdpa_is_faster']
 
 # Below this many queries and keys, CPU attention is faster as two batched matmuls than through SDPA.
 SMALL_ATTENTION_TOKENS = 64
@@ -80,3 +80,15 @@ def attend_with_bias(
     if dropout_p > 0.:
         attn = F.dropout(attn, p=dropout_p)
     return attn @ v
+
+
+@register_notrace_function  # reason: data-dependent check on the input size
+def check_input_size(x: torch.Tensor, min_size: int, model_name: str, reason: str) -> torch.Tensor:
+    """Raise a ValueError naming the smallest usable input (and why) when `x` (B, C, H, W) is too small."""
+    H, W = x.shape[-2], x.shape[-1]
+    if H < min_size or W < min_size:
+        raise ValueError(
+            f'{model_name} needs an input of at least {min_size}x{min_size} pixels ({reason}), got {H}x{W}. '
+            f'Resize or pad the image.'
+        )
+    return x

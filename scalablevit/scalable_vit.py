@@ -34,7 +34,7 @@ from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs,
 from timm.models._features import feature_take_indices
 
 from .checkpoint import filter_for_model
-from .layers import SMALL_ATTENTION_TOKENS, sdpa_equal_widths, sdpa_is_faster  # noqa: F401  (re-exported)
+from .layers import check_input_size, sdpa_equal_widths, sdpa_is_faster
 from .vsa import WindowRegressor, varied_size_window_attention
 
 __all__ = ['ARCH_SETTINGS', 'ScalableViT', 'checkpoint_filter_fn']
@@ -130,19 +130,6 @@ def window_attention(
     if padded:
         x = x[:, :H, :W, :]
     return x.reshape(B, H * W, C)
-
-
-@register_notrace_function  # reason: data-dependent check on the input size
-def check_input_size(x: torch.Tensor, min_size: int) -> torch.Tensor:
-    """Raise a ValueError naming the smallest usable input when `x` (B, C, H, W) is too small."""
-    H, W = x.shape[-2], x.shape[-1]
-    if H < min_size or W < min_size:
-        raise ValueError(
-            f'ScalableViT needs an input of at least {min_size}x{min_size} pixels (the spatial reduction '
-            f'of SSA needs every stage to be at least as large as its reduction factor), got {H}x{W}. '
-            f'Resize or pad the image.'
-        )
-    return x
 
 
 def tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
@@ -564,7 +551,8 @@ class ScalableViT(nn.Module):
 
         Returns the normed tokens (B, N, C) of the last stage, or the map of stage `last_index` if earlier.
         """
-        x = check_input_size(x, self.min_input_size)
+        x = check_input_size(x, self.min_input_size, 'ScalableViT', 'the spatial reduction of SSA needs every '
+                             'stage to be at least as large as its reduction factor')
         final_stage = len(self.stages) - 1
         intermediates: List[torch.Tensor] = []
         for i, (embed, drop, blocks, peg) in enumerate(

@@ -26,13 +26,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerScale, Mlp, RelPosMlp, register_notrace_function, register_notrace_module, \
-    trunc_normal_, use_fused_attn
+from timm.layers import DropPath, LayerScale, Mlp, RelPosMlp, register_notrace_module, trunc_normal_, use_fused_attn
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from .checkpoint import filter_for_model
-from .layers import attend_with_bias
+from .layers import attend_with_bias, check_input_size
 
 __all__ = ['ARCH_SETTINGS', 'MIN_INPUT_SIZE', 'ScopeViT', 'checkpoint_filter_fn']
 
@@ -267,18 +266,6 @@ class Downsample(nn.Module):
         return self.norm(self.projection(x))
 
 
-@register_notrace_function  # reason: data-dependent check on the input size
-def check_input_size(x: torch.Tensor, min_size: int) -> torch.Tensor:
-    """Raise a ValueError naming the smallest usable input when `x` (B, C, H, W) is too small."""
-    H, W = x.shape[-2], x.shape[-1]
-    if H < min_size or W < min_size:
-        raise ValueError(
-            f'ScopeViT needs an input of at least {min_size}x{min_size} pixels (one token at '
-            f'stride 32), got {H}x{W}. Resize or pad the image.'
-        )
-    return x
-
-
 class ScopeViT(nn.Module):
     """ScopeViT: stem, four stages of MSSA + GSDA blocks with BatchNorm stage norms, mean pooling, Linear."""
 
@@ -428,7 +415,7 @@ class ScopeViT(nn.Module):
         assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be NCHW or NHWC.'
         take_indices, max_index = feature_take_indices(4, indices)
         last_index = max_index if stop_early else 3
-        x = check_input_size(x, self.min_input_size)
+        x = check_input_size(x, self.min_input_size, 'ScopeViT', 'one token at stride 32')
         intermediates = []
         for i in range(last_index + 1):
             embed, blocks, stage_norm = self._stage(i)
@@ -458,7 +445,7 @@ class ScopeViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The normed last-stage map (B, C, H/32, W/32)."""
-        x = check_input_size(x, self.min_input_size)
+        x = check_input_size(x, self.min_input_size, 'ScopeViT', 'one token at stride 32')
         x = self.norm1(self.blocks1(self.patch_embed1(x)))
         x = self.norm2(self.blocks2(self.patch_embed2(x)))
         x = self.norm3(self.blocks3(self.patch_embed3(x)))

@@ -105,7 +105,38 @@ def run_command(args: List[str], cwd: Path, timeout: int = 900, env: Optional[Di
     return result
 
 
-# --- export checks shared by the model families' tests ------------------------------------------------------
+# --- checks shared by the model families' tests ------------------------------------------------------------
+
+def fill_padding_with_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `F.pad` fill what it pads with large random values instead of zeros, so a test can show that
+    padding never reaches real tokens."""
+    import torch.nn.functional as F
+    zero_pad = F.pad
+
+    def noisy_pad(t, pad, *args, **kwargs):
+        padded = zero_pad(t, pad)
+        is_pad = zero_pad(torch.ones_like(t), pad) == 0
+        return torch.where(is_pad, torch.randn_like(padded) * 100, padded)
+
+    monkeypatch.setattr(F, 'pad', noisy_pad)
+
+
+def assert_grad_checkpointing_keeps_gradients(model: torch.nn.Module, x: torch.Tensor, rtol: float,
+                                              same_outputs: bool = False) -> None:
+    """Gradients (and with `same_outputs`, outputs) with `set_grad_checkpointing(True)` equal the plain
+    ones; the model must draw no randomness (drop path and dropout off)."""
+    out_plain = model(x)
+    out_plain.sum().backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out_ckpt = model(x)
+    out_ckpt.sum().backward()
+    if same_outputs:
+        torch.testing.assert_close(out_ckpt, out_plain, rtol=0, atol=0)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, plain[name], rtol=rtol, atol=1e-6, msg=name)
+
 
 def assert_scripts(model: torch.nn.Module, size: Tuple[int, int]) -> None:
     """TorchScript gives the eager outputs (on a size that needs padding, so the padded branch is scripted)."""

@@ -1,9 +1,8 @@
 """Any input size: IWSA pads and masks, the padding never reaches real tokens, too-small inputs fail clearly."""
 import pytest
 import torch
-import torch.nn.functional as F
 
-from helpers import ATTENTION_PATHS, select_attention_path
+from helpers import ATTENTION_PATHS, fill_padding_with_noise, select_attention_path
 from scalablevit.scalable_vit import min_input_size, sdpa_equal_widths, sdpa_is_faster, window_attention
 
 
@@ -41,14 +40,7 @@ def test_padding_values_do_not_reach_real_tokens(monkeypatch, path):
     qkv = torch.randn(2, 9, 11, 3 * 12)
     expected = window_attention(qkv, num_heads=3, window_size=7, scale=0.5, dropout_p=0., fused=fused)
 
-    zero_pad = F.pad
-
-    def noisy_pad(t, pad, *args, **kwargs):
-        padded = zero_pad(t, pad)
-        is_pad = zero_pad(torch.ones_like(t), pad) == 0
-        return torch.where(is_pad, torch.randn_like(padded) * 100, padded)
-
-    monkeypatch.setattr(F, 'pad', noisy_pad)
+    fill_padding_with_noise(monkeypatch)
     out = window_attention(qkv, num_heads=3, window_size=7, scale=0.5, dropout_p=0., fused=fused)
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
 

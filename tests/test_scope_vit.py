@@ -7,7 +7,6 @@ import pytest
 import timm
 import timm.optim
 import torch
-import torch.nn.functional as F
 from timm.models import group_parameters
 
 from scalablevit.scope_vit import DilatedLatticeAttention
@@ -18,7 +17,9 @@ from helpers import (
     assert_compiles_to_one_graph,
     assert_fx_traces,
     assert_onnx_matches_onnxruntime,
+    assert_grad_checkpointing_keeps_gradients,
     assert_scripts,
+    fill_padding_with_noise,
     relative_error,
     select_attention_path,
 )
@@ -159,14 +160,7 @@ def test_padding_values_do_not_reach_real_tokens(monkeypatch, tiny, size):
     x = torch.randn(1, 3, *size)
     with torch.no_grad():
         expected = tiny.forward_intermediates(x, intermediates_only=True)
-    zero_pad = F.pad
-
-    def noisy_pad(t, pad, *args, **kwargs):
-        padded = zero_pad(t, pad)
-        is_pad = zero_pad(torch.ones_like(t), pad) == 0
-        return torch.where(is_pad, torch.randn_like(padded) * 100, padded)
-
-    monkeypatch.setattr(F, 'pad', noisy_pad)
+    fill_padding_with_noise(monkeypatch)
     with torch.no_grad():
         noisy = tiny.forward_intermediates(x, intermediates_only=True)
     for a, b in zip(noisy, expected):
@@ -234,14 +228,7 @@ def test_grad_checkpointing_keeps_outputs_and_gradients():
     for module in model.modules():  # drop the position MLPs' dropout: the two runs must draw nothing
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.
-    x = torch.randn(2, 3, 64, 64)
-    model(x).sum().backward()
-    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    model(x).sum().backward()
-    for name, param in model.named_parameters():
-        torch.testing.assert_close(param.grad, plain[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert_grad_checkpointing_keeps_gradients(model, torch.randn(2, 3, 64, 64), rtol=1e-4)
 
 
 def test_reset_classifier_and_head(tiny):

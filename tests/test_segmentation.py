@@ -31,11 +31,10 @@ def build_segmentor(config):
 
 @pytest.mark.parametrize('name', sorted(PAPER_PARAMS))
 def test_config_parameter_count_matches_paper(name):
-    from mmseg.registry import MODELS
-    cfg = Config.fromfile(str(SEGMENTATION / 'configs' / f'{name}.py'))
-    init_default_scope('mmseg')
-    params = sum(p.numel() for p in MODELS.build(cfg.model).parameters()) / 1e6
-    assert abs(params - PAPER_PARAMS[name]) <= param_tolerance(name), f'{name}: {params:.2f} M vs paper {PAPER_PARAMS[name]}'
+    _, model = build_segmentor(SEGMENTATION / 'configs' / f'{name}.py')
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(params - PAPER_PARAMS[name]) <= param_tolerance(name), \
+        f'{name}: {params:.2f} M vs paper {PAPER_PARAMS[name]}'
 
 
 @pytest.mark.parametrize('name', sorted(PAPER_PARAMS))
@@ -110,13 +109,9 @@ def test_train_test_tta_and_demo_on_cpu(tmp_path, method):
     assert overlay.shape == original.shape and not np.array_equal(overlay, original)
 
 
-@pytest.mark.slow
-def test_cityscapes_train_resume_and_test_on_cpu(tmp_path):
-    """The Swin-T+VSA UperNet Cityscapes config (narrow backbone) on a generated Cityscapes-layout dataset:
-    train 4 iterations, resume to 6, evaluate mIoU over the 19 classes."""
-    from make_demo_cityscapes import make_dataset as make_cityscapes
-    make_cityscapes(tmp_path / 'data' / 'cityscapes_demo', train_images=6, val_images=2)
-    config = SEGMENTATION / 'configs' / 'demo' / 'upernet_swin-t-vsa-tiny_demo-cityscapes.py'
+def train_resume_and_test(tmp_path, demo_config: str) -> str:
+    """Train a demo config 4 iterations, resume it to 6, evaluate mIoU with test.py; the test log."""
+    config = SEGMENTATION / 'configs' / 'demo' / f'{demo_config}.py'
     work = tmp_path / 'work'
     log = run([str(SEGMENTATION / 'train.py'), str(config), '--work-dir', str(work)], cwd=tmp_path)
     assert (work / 'iter_4.pth').exists() and 'mIoU' in log
@@ -124,8 +119,17 @@ def test_cityscapes_train_resume_and_test_on_cpu(tmp_path):
                '--cfg-options', 'train_cfg.max_iters=6', 'train_cfg.val_interval=6',
                'default_hooks.checkpoint.interval=6'], cwd=tmp_path)
     assert 'resumed' in log.lower() and (work / 'iter_6.pth').exists()
-    log = run([str(SEGMENTATION / 'test.py'), str(config), str(work / 'iter_6.pth'), '--eval', 'mIoU',
-               '--work-dir', str(tmp_path / 'test')], cwd=tmp_path)
+    return run([str(SEGMENTATION / 'test.py'), str(config), str(work / 'iter_6.pth'), '--eval', 'mIoU',
+                '--work-dir', str(tmp_path / 'test')], cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_cityscapes_train_resume_and_test_on_cpu(tmp_path):
+    """The Swin-T+VSA UperNet Cityscapes config (narrow backbone) on a generated Cityscapes-layout dataset:
+    train 4 iterations, resume to 6, evaluate mIoU over the 19 classes."""
+    from make_demo_cityscapes import make_dataset as make_cityscapes
+    make_cityscapes(tmp_path / 'data' / 'cityscapes_demo', train_images=6, val_images=2)
+    log = train_resume_and_test(tmp_path, 'upernet_swin-t-vsa-tiny_demo-cityscapes')
     assert 'traffic sign' in log and 0 <= float(log.split('mIoU: ')[-1].split()[0]) <= 100
 
 
@@ -134,16 +138,7 @@ def test_scope_vit_upernet_train_resume_and_test_on_cpu(tmp_path):
     """The ScopeViT-T UperNet config (narrow backbone, BatchNorm statistics frozen) on the ADE20K-layout
     dataset: train 4 iterations, resume to 6, evaluate mIoU."""
     make_dataset(tmp_path / 'data' / 'demo_ade', train_images=6, val_images=2)
-    config = SEGMENTATION / 'configs' / 'demo' / 'upernet_scopevit-test_demo-ade.py'
-    work = tmp_path / 'work'
-    log = run([str(SEGMENTATION / 'train.py'), str(config), '--work-dir', str(work)], cwd=tmp_path)
-    assert (work / 'iter_4.pth').exists() and 'mIoU' in log
-    log = run([str(SEGMENTATION / 'train.py'), str(config), '--work-dir', str(work), '--resume',
-               '--cfg-options', 'train_cfg.max_iters=6', 'train_cfg.val_interval=6',
-               'default_hooks.checkpoint.interval=6'], cwd=tmp_path)
-    assert 'resumed' in log.lower() and (work / 'iter_6.pth').exists()
-    log = run([str(SEGMENTATION / 'test.py'), str(config), str(work / 'iter_6.pth'), '--eval', 'mIoU',
-               '--work-dir', str(tmp_path / 'test')], cwd=tmp_path)
+    log = train_resume_and_test(tmp_path, 'upernet_scopevit-test_demo-ade')
     assert 0 <= float(log.split('mIoU: ')[-1].split()[0]) <= 100
 
 

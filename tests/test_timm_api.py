@@ -9,7 +9,7 @@ from timm.layers import get_notrace_functions, get_notrace_modules, set_scriptab
 from timm.models import FeatureInfo, group_parameters
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from helpers import VARIANTS, create_tiny
+from helpers import VARIANTS, assert_grad_checkpointing_keeps_gradients, create_tiny
 
 BATCH = 2
 
@@ -109,17 +109,7 @@ def test_forward_intermediates(tiny):
 def test_grad_checkpointing_keeps_outputs_and_gradients():
     torch.manual_seed(0)
     model = create_tiny(num_classes=5)
-    x = torch.randn(BATCH, 3, 64, 64)
-    out_plain = model(x)
-    out_plain.sum().backward()
-    grads_plain = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    out_ckpt = model(x)
-    out_ckpt.sum().backward()
-    torch.testing.assert_close(out_ckpt, out_plain, rtol=0, atol=0)
-    for name, param in model.named_parameters():
-        torch.testing.assert_close(param.grad, grads_plain[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_grad_checkpointing_keeps_gradients(model, torch.randn(BATCH, 3, 64, 64), rtol=1e-5, same_outputs=True)
 
 
 @pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
