@@ -129,10 +129,13 @@ def filter_for_model(
         model: nn.Module,
         head_prefix: str = 'head.',
         model_name: Optional[str] = None,
+        fixed_buffer_suffixes: Tuple[str, ...] = (),
 ) -> Dict[str, Any]:
     """The generic `checkpoint_filter_fn` body: unwrap (EMA rule) and clean the state dict, drop the classifier
     for a headless model, and raise a ValueError with the mismatch report when tensors differ in shape (the
-    classifier excepted: timm replaces it itself when the class count differs)."""
+    classifier excepted: timm replaces it itself when the class count differs). Buffers whose keys end with one
+    of `fixed_buffer_suffixes` (constants such as `relative_position_index`) are taken from the model when the
+    checkpoint was saved without them."""
     if _first_present(state_dict, RAW_KEYS + EMA_KEYS) is not None:
         state_dict, _ = select_state_dict(state_dict)
     else:
@@ -146,4 +149,8 @@ def filter_for_model(
             f'Checkpoint does not fit this {name} ({len(shape_errors)} tensors differ in shape; is it for '
             f'another variant?)\n{describe_mismatch(shape_errors, missing, unexpected)}'
         )
+    if fixed_buffer_suffixes:
+        for key, value in model.state_dict().items():
+            if key.endswith(fixed_buffer_suffixes) and key not in state_dict:
+                state_dict[key] = value
     return state_dict
