@@ -1,0 +1,215 @@
+"""ViTAEv2*+VSA (`scalablevit.vitae_vsa`): the released function to float32 rounding, the released parameter
+names, any input size, and the timm API."""
+import math
+
+import pytest
+import timm
+import timm.optim
+import torch
+from timm.models import group_parameters
+
+from scalablevit import vitae_vsa
+from scalablevit.vsa import relative_position_index
+
+from helpers import (
+    ATTENTION_PATHS,
+    assert_compiles_to_one_graph,
+    assert_fx_traces,
+    assert_grad_checkpointing_keeps_gradients,
+    assert_scripts,
+    golden_input,
+    golden_outputs,
+    golden_state_dict,
+    read_buffer_keys,
+    read_state_dict_spec,
+    relative_error,
+    select_attention_path,
+)
+
+MAX_RELATIVE_ERROR = 1e-5
+RELEASED = 'vitaev2_vsa_s'
+TINY = 'vitaev2_vsa_test'
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return timm.create_model(TINY).eval()
+
+
+def test_parameter_names_and_buffers_match_release():
+    model = timm.create_model(RELEASED)
+    expected = [(key, shape) for key, shape, _ in read_state_dict_spec(RELEASED)]
+    assert [(key, tuple(p.shape)) for key, p in model.named_parameters()] == expected
+    state_dict = model.state_dict()
+    buffers = read_buffer_keys(RELEASED)
+    assert sorted(set(state_dict) - {k for k, _ in expected}) == sorted(buffers)
+    for key in buffers:
+        if key.endswith('relative_position_index'):
+            assert torch.equal(state_dict[key], relative_position_index(7)), key
+    assert sum(p.numel() for p in model.parameters()) == golden_outputs(RELEASED)['params'] == 19_773_300
+
+
+@pytest.mark.parametrize('path', ATTENTION_PATHS)
+def test_golden_logits(monkeypatch, path):
+    model = timm.create_model(RELEASED).eval()
+    weights = golden_state_dict(RELEASED)
+    weights.update({k: v for k, v in model.state_dict().items() if k not in weights})  # buffers at their init
+    model.load_state_dict(weights, strict=True)
+    model.set_fused_attn(select_attention_path(monkeypatch, path))
+    ref = golden_outputs(RELEASED)
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(golden_input()), pre_logits=True)
+        logits = model.head(pooled)
+    assert relative_error(pooled, torch.tensor(ref['pooled_features'])) <= MAX_RELATIVE_ERROR
+    assert relative_error(logits, torch.tensor(ref['logits'])) <= MAX_RELATIVE_ERROR
+
+
+def test_released_checkpoint_loads_strict(tmp_path):
+    from scalablevit.checkpoint import pretrained_overlay
+    source = timm.create_model(TINY)
+    path = tmp_path / 'released.pth'
+    without_index = {k: v for k, v in source.state_dict().items() if not k.endswith('relative_position_index')}
+    torch.save({'model': without_index, 'epoch': 3}, path)
+    model = timm.create_model(TINY, pretrained=True, pretrained_cfg_overlay=pretrained_overlay(str(path)))
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    torch.save(timm.create_model(TINY, token_dims=(16, 32, 64, 256)).state_dict(), path)
+    with pytest.raises(ValueError, match='does not fit this ViTAEv2VSA'):
+        timm.create_model(TINY, pretrained=True, pretrained_cfg_overlay=pretrained_overlay(str(path)))
+
+
+def test_48m_builds_as_reconstructed():
+    """ViTAEv2-48M's widths with VSA (the released widePCM 48M, 51,089,119 parameters, is known only by its
+    totals: see `vitae_vsa.ARCH_SETTINGS`)."""
+    with torch.device('meta'):
+        model = timm.create_model('vitaev2_vsa_48m')
+        headless = timm.create_model('vitaev2_vsa_48m', num_classes=0)
+    assert sum(p.numel() for p in model.parameters()) == 49_375_948
+    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in headless.parameters()) == 769_000
+
+
+@pytest.mark.slow
+def test_48m_runs_at_odd_sizes():
+    model = timm.create_model('vitaev2_vsa_48m').eval()
+    with torch.no_grad():
+        for size in ((97, 131), (64, 45)):
+            assert torch.isfinite(model(torch.randn(1, 3, *size))).all()
+
+
+def test_released_quirks_kept():
+    """The reduction cell's attention scale comes from its input (PRM) width per head; normal and reduction
+    cells use different LayerNorm eps; offsets are divided by the unpadded window counts."""
+    model = timm.create_model(RELEASED)
+    rc0, rc1, nc = model.layers[0].RC, model.layers[1].RC, model.layers[0].NC[0]
+    assert rc0.attn.scale == pytest.approx(128 ** -0.5) and rc1.attn.scale == pytest.approx(96 ** -0.5)
+    assert nc.attn.scale == pytest.approx(32 ** -0.5)
+    assert rc0.norm1.eps == 1e-5 and nc.norm1.eps == 1e-6
+    regression = torch.ones(1, 2, 4, 3, 3)
+    # a 15x20 map: padded counts 3 x 3, the release divides by 2 x 2 -> offsets x 1.5, scales unchanged
+    rescaled = vitae_vsa.divide_offsets_by_unpadded_counts(regression, 15, 20, 7)
+    assert torch.equal(rescaled[:, :, :2], torch.full((1, 2, 2, 3, 3), 1.5))
+    assert torch.equal(rescaled[:, :, 2:], regression[:, :, 2:])
+    assert vitae_vsa.divide_offsets_by_unpadded_counts(regression, 14, 21, 7) is regression
+
+
+def test_drop_path_rates_rise_over_all_normal_cells():
+    """Fixed release bug: stage k's rates continue where stage k-1's end."""
+    model = timm.create_model(RELEASED, drop_path_rate=0.13)
+    rates = [getattr(cell.drop_path, 'drop_prob', 0.) for layer in model.layers for cell in layer.NC]
+    assert rates == pytest.approx(torch.linspace(0, 0.13, 14).tolist())
+
+
+def test_prm_branches_land_on_the_pcm_grid():
+    """Every PRM branch gives ⌈side/r⌉ for any side, as the PCM does; at multiples of the stride the padding
+    is the release's ⌈((k-1)·d + 1 - r)/2⌉."""
+    prm = vitae_vsa.PyramidReduction(3, 4, kernel_size=7, stride=4, dilations=(1, 2, 3, 4))
+    pcm = vitae_vsa.conv_branch((3, 4, 4, 8), (2, 2, 1), groups=1)
+    assert [prm.padding(224, d) for d in (1, 2, 3, 4)] == [2, 5, 8, 11]
+    for size in range(29, 41):
+        x = torch.randn(1, 3, size, size + 3)
+        assert prm(x).shape[1:3] == pcm(x).shape[2:] == (math.ceil(size / 4), math.ceil((size + 3) / 4))
+
+
+@pytest.mark.parametrize('size', [(64, 64), (97, 131), (32, 45)])
+def test_any_input_size(tiny, size):
+    with torch.no_grad():
+        logits = tiny(torch.randn(2, 3, *size))
+        features = timm.create_model(TINY, features_only=True).eval()(torch.randn(1, 3, *size))
+    assert logits.shape == (2, 1000) and torch.isfinite(logits).all()
+    H, W = size
+    for i, feat in enumerate(features):
+        H, W = math.ceil(H / (4 if i == 0 else 2)), math.ceil(W / (4 if i == 0 else 2))
+        assert feat.shape == (1, 16 * 2 ** i, H, W)
+
+
+def test_too_small_input_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match='at least 32x32'):
+        tiny(torch.randn(1, 3, 16, 64))
+
+
+def test_features_only_and_forward_intermediates(tiny):
+    model = timm.create_model(TINY, features_only=True, out_indices=(1, 3)).eval()
+    assert model.feature_info.channels() == [32, 128] and model.feature_info.reduction() == [8, 32]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        final, intermediates = tiny.forward_intermediates(x)
+        torch.testing.assert_close(final, tiny.forward_features(x), rtol=0, atol=0)
+        assert [f.shape[1:] for f in intermediates] == [(16, 16, 16), (32, 8, 8), (64, 4, 4), (128, 2, 2)]
+        nhwc = tiny.forward_intermediates(x, indices=[0], output_fmt='NHWC', intermediates_only=True)
+        torch.testing.assert_close(nhwc[0].permute(0, 3, 1, 2), intermediates[0])
+    pruned = timm.create_model(TINY, features_only=True, out_indices=(0, 1))
+    assert len(pruned.model.layers) == 2
+
+
+def test_grad_checkpointing_keeps_gradients():
+    torch.manual_seed(0)
+    model = timm.create_model(TINY, num_classes=5, drop_path_rate=0.).eval()  # eval: fixed BatchNorm statistics
+    assert_grad_checkpointing_keeps_gradients(model, torch.randn(2, 3, 64, 64), rtol=1e-5)
+
+
+def test_every_parameter_gets_a_gradient():
+    model = timm.create_model(TINY, num_classes=5)
+    model(torch.randn(2, 3, 64, 96)).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
+
+
+def test_reset_classifier_and_head(tiny):
+    tiny.reset_classifier(10)
+    assert tiny.head.out_features == 10 and tiny.get_classifier() is tiny.head
+    tiny.reset_classifier(0, global_pool='')
+    with torch.no_grad():
+        assert tiny(torch.randn(1, 3, 64, 64)).shape == (1, 2, 2, 128)
+    headless = timm.create_model(TINY, num_classes=0).eval()
+    assert headless(torch.randn(1, 3, 64, 64)).shape == (1, 128)
+
+
+def test_no_weight_decay_follows_the_release(tiny):
+    """Only timm's rule (1-D parameters and biases): the release lists nothing else."""
+    assert tiny.no_weight_decay() == set()
+    groups = timm.optim.param_groups_weight_decay(tiny, 0.05, no_weight_decay_list=tiny.no_weight_decay())
+    no_decay = {id(p) for g in groups if g['weight_decay'] == 0 for p in g['params']}
+    for name, param in tiny.named_parameters():
+        assert (id(param) in no_decay) == (param.ndim <= 1), name
+
+
+def test_group_matcher_covers_all_parameters(tiny):
+    for coarse, expected_groups in ((False, 1 + 7 + 1), (True, 1 + 4 + 1)):
+        groups = group_parameters(tiny, tiny.group_matcher(coarse=coarse))
+        names = sorted(n for group in groups.values() for n in group)
+        assert names == sorted(n for n, _ in tiny.named_parameters())
+        assert len(groups) == expected_groups  # stem (stage 0's RC), cells or stages, the head
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
+def test_torchscript(tiny):
+    assert_scripts(tiny, (97, 131))
+
+
+def test_fx_trace(tiny):
+    assert_fx_traces(tiny, (97, 131))
+
+
+@pytest.mark.parametrize('size', [(64, 64), pytest.param((97, 131), marks=pytest.mark.slow)])
+def test_torch_compile_captures_one_graph(tiny, size):
+    assert_compiles_to_one_graph(tiny, size)
