@@ -37,12 +37,16 @@ SWIN_RECIPE = dict(warmup_epochs=20, model_ema=True)
 # ScopeViT published no recipe: DeiT's (the paper compares under it) at the release's 256x256 with its eval
 # crop of 0.9, and the drop path of the release's dense configs (0.05 for XT, 0.1 for T and S).
 SCOPE_VIT_RECIPE = dict(input_size=256, eval_crop_ratio=0.9)
+# ViTAEv2+VSA: the seed states no recipe; ViTAEv2 trains with DeiT's (AdamW, lr 5e-4 per 512 images, wd 0.05,
+# 300 epochs, 5 warm-up) with drop path 0.1 (S) and 0.2 (48M), which is what differs here.
 MODEL_RECIPES = {
     'swin_tiny_vsa_patch4_window7_224': dict(SWIN_RECIPE, drop_path=0.2),
     'swin_small_vsa_patch4_window7_224': dict(SWIN_RECIPE, drop_path=0.3),
     'scope_vit_xtiny': dict(SCOPE_VIT_RECIPE, drop_path=0.05),
     'scope_vit_tiny': dict(SCOPE_VIT_RECIPE, drop_path=0.1),
     'scope_vit_small': dict(SCOPE_VIT_RECIPE, drop_path=0.1),
+    'vitaev2_vsa_s': dict(drop_path=0.1),
+    'vitaev2_vsa_48m': dict(drop_path=0.2),
 }
 AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'none': None}
 

@@ -52,6 +52,8 @@ def test_model_recipes_are_defaults_under_explicit_flags():
     assert (small.drop_path, small.warmup_epochs, small.model_ema) == (0.1, 20, False)
     scope = cls_main.parse_args(['--model', 'scope_vit_tiny'])
     assert (scope.input_size, scope.eval_crop_ratio, scope.drop_path, scope.model_ema) == (256, 0.9, 0.1, False)
+    vitae = cls_main.parse_args(['--model', 'vitaev2_vsa_48m'])
+    assert (vitae.drop_path, vitae.warmup_epochs, vitae.input_size) == (0.2, 5, 224)
     deit = cls_main.parse_args(['--model', 'scalable_vit_small'])
     assert (deit.drop_path, deit.warmup_epochs, deit.model_ema) == (None, 5, False)
 
@@ -164,7 +166,7 @@ def test_eval_follows_the_ema_rule(data, trained, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('model', ['scalable_vit_test', 'swin_vsa_test', 'scope_vit_test'])
+@pytest.mark.parametrize('model', ['scalable_vit_test', 'swin_vsa_test', 'scope_vit_test', 'vitaev2_vsa_test'])
 def test_killed_runs_resume_to_bit_identical_weights(data, tmp_path, model):
     """SIGKILL at several points (mid-epoch, during start-up), restart the same command each time: the
     final checkpoint and log equal those of an uninterrupted run, bit for bit (VSA's grid_sample included:
