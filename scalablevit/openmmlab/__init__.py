@@ -15,10 +15,13 @@ except ImportError as error:
     raise ImportError(f'scalablevit.openmmlab needs the OpenMMLab stack ({error}): run `bash setup.sh '
                       '--openmmlab` (or install requirements-openmmlab.txt and mmcv 2.1.0 with its ops)') from error
 
-from .backbone import DenseBackboneMixin, ScalableViTBackbone, ScopeViTBackbone, SwinVSABackbone, register_backbone
+from .backbone import (
+    DenseBackboneMixin, ScalableViTBackbone, ScopeViTBackbone, SwinVSABackbone, ViTAEv2VSABackbone, register_backbone,
+)
 from .compat import CPUDistributedDataParallel, allow_mmengine_checkpoints, prepare_cpu_distributed
 
-__all__ = ['DenseBackboneMixin', 'ScalableViTBackbone', 'ScopeViTBackbone', 'SwinVSABackbone', 'register_backbone',
+__all__ = ['DenseBackboneMixin', 'ScalableViTBackbone', 'ScopeViTBackbone', 'SwinVSABackbone', 'ViTAEv2VSABackbone',
+           'register_backbone',
            'CPUDistributedDataParallel', 'allow_mmengine_checkpoints', 'prepare_cpu_distributed']
 
 allow_mmengine_checkpoints()

@@ -20,10 +20,11 @@ from mmengine.logging import print_log
 from timm.models import group_parameters
 
 from ..checkpoint import load_state_dict
-from .. import scope_vit, swin_vsa
+from .. import scope_vit, swin_vsa, vitae_vsa
 from ..scalable_vit import ARCH_SETTINGS, LN_EPS, ScalableViT, checkpoint_filter_fn
 
-__all__ = ['DenseBackboneMixin', 'register_backbone', 'ScalableViTBackbone', 'ScopeViTBackbone', 'SwinVSABackbone']
+__all__ = ['DenseBackboneMixin', 'register_backbone', 'ScalableViTBackbone', 'ScopeViTBackbone', 'SwinVSABackbone',
+           'ViTAEv2VSABackbone']
 
 
 class DenseBackboneMixin:
@@ -173,3 +174,11 @@ class ScopeViTBackbone(DenseBackboneMixin, scope_vit.ScopeViT):
     `norm_outputs=False`; any input size runs (GSDA pads and masks)."""
     arch_settings = scope_vit.ARCH_SETTINGS
     checkpoint_filter = staticmethod(scope_vit.checkpoint_filter_fn)
+
+
+@register_backbone
+class ViTAEv2VSABackbone(DenseBackboneMixin, vitae_vsa.ViTAEv2VSA):
+    """ViTAEv2*+VSA at strides 4, 8, 16, 32; `arch` is 's', '48m' or 'test'. The cells' BatchNorms (PCM) make
+    `norm_eval` the configs' choice, as for ScopeViT."""
+    arch_settings = vitae_vsa.ARCH_SETTINGS
+    checkpoint_filter = staticmethod(vitae_vsa.checkpoint_filter_fn)

@@ -1,0 +1,17 @@
+# CPU smoke run: the real Mask R-CNN + ViTAEv2*-S+VSA 1x config with a narrow, randomly initialised backbone,
+# two epochs on the dataset of make_demo_coco.py (run from detection/: python make_demo_coco.py).
+_base_ = ['../vitae_vsa/mask-rcnn_vitaev2-s-vsa_fpn_ms-crop-1x_coco.py', './_base_/demo_coco.py']
+
+model = dict(
+    backbone=dict(arch='test', init_cfg=None),
+    neck=dict(in_channels=[16, 32, 64, 128]),
+    roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)),
+    test_cfg=dict(rcnn=dict(score_thr=0.0)))  # keep low scores: a few epochs leave the classifier unsure
+train_dataloader = {{_base_.demo_train_dataloader}}
+val_dataloader = {{_base_.demo_val_dataloader}}
+test_dataloader = val_dataloader
+val_evaluator = {{_base_.demo_evaluator}}
+test_evaluator = val_evaluator
+train_cfg = dict(max_epochs=2)
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4)]
+default_hooks = dict(logger=dict(interval=2))
