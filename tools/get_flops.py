@@ -144,9 +144,12 @@ FAMILIES_HEADER = """
 
 ## The other families
 
-Classifiers at their training size (Swin+VSA 224×224, ScopeViT 256×256), dense models at the sizes above.
-`reference`: what the released code builds and fvcore counts for it (Swin+VSA and ScopeViT classifiers), or,
-for dense models, the released backbone with MMDetection's / MMSegmentation's stock heads. ScopeViT-T's README states 7.4 M parameters; its released code builds 8.01 M (the FLOPs, 2.0 G, agree).
+Classifiers at their training size (Swin+VSA and ViTAEv2+VSA 224×224, ScopeViT 256×256), dense models at the
+sizes above. `reference`: what the released code builds and fvcore counts for it (Swin+VSA, ViTAEv2+VSA and
+ScopeViT classifiers), or, for dense models, the released backbone with MMDetection's / MMSegmentation's stock
+heads. ScopeViT-T's README states 7.4 M parameters; its released code builds 8.01 M (the FLOPs, 2.0 G, agree).
+ViTAEv2*-48M+VSA is our reconstruction (ViTAEv2-48M's widths with VSA): the released "widePCM" model is known
+only by its totals (51.09 M, 15.09 G).
 
 """
 
