@@ -150,6 +150,8 @@ ScopeViT classifiers), or, for dense models, the released backbone with MMDetect
 heads. ScopeViT-T's README states 7.4 M parameters; its released code builds 8.01 M (the FLOPs, 2.0 G, agree).
 ViTAEv2*-48M+VSA is our reconstruction (ViTAEv2-48M's widths with VSA): the released "widePCM" model is known
 only by its totals (51.09 M, 15.09 G).
+Detector FLOPs depend on the proposals of the traced run (see above): the cascade passes them through three
+4conv1fc heads.
 
 """
 
@@ -191,7 +193,8 @@ def main() -> None:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         if args.families_only:
-            paper_part = args.markdown.read_text().split(FAMILIES_HEADER)[0].rstrip('\n') + '\n'
+            # everything before the families' heading (its text may have changed since the file was written)
+            paper_part = args.markdown.read_text().split(FAMILIES_HEADER.strip().splitlines()[0])[0].rstrip('\n') + '\n'
         else:
             paper_part = ZOO_HEADER + markdown_table(tables[0]) + ZOO_NOTES
         args.markdown.write_text(paper_part + FAMILIES_HEADER + markdown_table(tables[-1], source='reference') + '\n')
