@@ -42,7 +42,7 @@ from .checkpoint import filter_for_model
 from .layers import check_input_size
 from .vsa import check_finite_regression, relative_position_index, varied_size_window_attention
 
-__all__ = ['ARCH_SETTINGS', 'ConvVSAttention', 'ViTAEv2VSA', 'checkpoint_filter_fn']
+__all__ = ['ARCH_SETTINGS', 'ConvVSAttention', 'ViTAEv2VSA', 'checkpoint_filter_fn', 'vitae_to_vsattention_state_dict']
 
 RC_LN_EPS = 1e-5  # reduction cells: PyTorch's default
 NC_LN_EPS = 1e-6  # normal cells
@@ -144,6 +144,25 @@ class ConvVSAttention(nn.Module):
     def extra_repr(self) -> str:
         return f'dim={self.dim}, out_dim={self.out_dim}, num_heads={self.num_heads}, window_size={self.window_size}'
 
+
+
+def vitae_to_vsattention_state_dict(state_dict: Dict[str, torch.Tensor], num_heads: int) -> Dict[str, torch.Tensor]:
+    """Keys of a ViTAE VSA module (`ConvVSAttention`, in = out width) as those of `scalablevit.vsa.VSAttention`
+    (the Swin+VSA layout): 1x1-conv weights lose their trailing dims, and the offset (x, y) and scale (x, y)
+    regressors interleave into one per head (channels 4h..4h+3). The two modules then compute the same function
+    on maps whose sides are window multiples (elsewhere they divide the offsets by different window counts)."""
+    converted = {}
+    for key, value in state_dict.items():
+        if key.startswith(('sampling_offsets.', 'sampling_scales.')):
+            continue
+        converted[key] = value.flatten(1) if key in ('qkv.weight', 'proj.weight') else value
+    for suffix in ('weight', 'bias'):
+        offsets = state_dict[f'sampling_offsets.2.{suffix}']
+        scales = state_dict[f'sampling_scales.2.{suffix}']
+        # (2·heads, ...) each -> (heads, 2, ...) -> (heads, 4, ...) -> (4·heads, ...)
+        per_head = torch.cat([offsets.unflatten(0, (num_heads, 2)), scales.unflatten(0, (num_heads, 2))], dim=1)
+        converted[f'transform.2.{suffix}'] = per_head.flatten(0, 1)
+    return converted
 
 def conv_branch(widths: Sequence[int], strides: Sequence[int], groups: int) -> nn.Sequential:
     """The parallel convolution module (PCM): three grouped 3x3 convs through `widths` (4 values), BatchNorm
