@@ -14,4 +14,5 @@ from .vitae_vsa import ViTAEv2VSA
 from .vsa import VSAttention
 
 __version__ = '0.1.0'
-__all__ = ['ScalableViT', 'ScopeViT', 'SwinTransformerVSA', 'VSAttention', 'ViTAEv2VSA', 'checkpoint_filter_fn', '__version__']
+__all__ = ['ScalableViT', 'ScopeViT', 'SwinTransformerVSA', 'VSAttention', 'ViTAEv2VSA', 'checkpoint_filter_fn',
+           '__version__']

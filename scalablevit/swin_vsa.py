@@ -332,7 +332,8 @@ class SwinTransformerVSA(nn.Module):
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: SwinTransformerVSA) -> Dict[str, torch.Tensor]:
     """Released-format checkpoints by the package's checkpoint policy (`scalablevit.checkpoint`); the fixed
     `relative_position_index` buffers are filled in when a checkpoint was saved without them."""
-    return filter_for_model(state_dict, model, model_name='SwinTransformerVSA', fixed_buffer_suffixes=('relative_position_index',))
+    return filter_for_model(state_dict, model, model_name='SwinTransformerVSA',
+                            fixed_buffer_suffixes=('relative_position_index',))
 
 
 def _create_swin_vsa(variant: str, pretrained: bool = False, **kwargs) -> SwinTransformerVSA:

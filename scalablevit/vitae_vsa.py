@@ -399,8 +399,8 @@ class ViTAEv2VSA(nn.Module):
         self.layers = nn.ModuleList()
         self.feature_info = []
         reduction = 1
+        common = dict(window_size=window_size, qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate)
         for i in range(num_stages):
-            common = dict(window_size=window_size, qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate)
             in_chans_i = in_chans if i == 0 else token_dims[i - 1]
             self.layers.append(ViTAEStage(
                 ReductionCell(in_chans_i, embed_dims[i], token_dims[i], downsample_ratios[i], kernel_sizes[i],
@@ -536,7 +536,8 @@ class ViTAEv2VSA(nn.Module):
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: ViTAEv2VSA) -> Dict[str, torch.Tensor]:
     """Released-format checkpoints by the package's checkpoint policy (`scalablevit.checkpoint`); the fixed
     `relative_position_index` buffers are filled in when a checkpoint was saved without them."""
-    return filter_for_model(state_dict, model, model_name='ViTAEv2VSA', fixed_buffer_suffixes=('relative_position_index',))
+    return filter_for_model(state_dict, model, model_name='ViTAEv2VSA',
+                            fixed_buffer_suffixes=('relative_position_index',))
 
 
 def _create_vitae_vsa(variant: str, pretrained: bool = False, **kwargs) -> ViTAEv2VSA:
