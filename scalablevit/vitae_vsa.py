@@ -40,7 +40,10 @@ from timm.models._features import feature_take_indices
 
 from .checkpoint import filter_for_model
 from .layers import check_input_size
-from .vsa import check_finite_regression, relative_position_index, varied_size_window_attention
+from .vsa import (
+    check_finite_regression, gather_relative_position_bias, pad_to_windows, relative_position_index,
+    varied_size_window_attention,
+)
 
 __all__ = ['ARCH_SETTINGS', 'ConvVSAttention', 'ViTAEv2VSA', 'checkpoint_filter_fn', 'vitae_to_vsattention_state_dict']
 
@@ -118,21 +121,18 @@ class ConvVSAttention(nn.Module):
 
     def relative_position_bias(self) -> torch.Tensor:
         """(heads, s², s²) additive attention bias."""
-        s2 = self.window_size * self.window_size
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(s2, s2, self.num_heads).permute(2, 0, 1)
+        return gather_relative_position_bias(self.relative_position_bias_table, self.relative_position_index)
 
     def regression(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, dim) -> (B, heads, 4, nH, nW): x-offset, y-offset, x-scale, y-scale per window."""
         B, H, W, _ = x.shape
-        s = self.window_size
-        nH, nW = (H + s - 1) // s, (W + s - 1) // s
-        x = F.pad(x.permute(0, 3, 1, 2), (0, nW * s - W, 0, nH * s - H))
-        pooled = self.sampling_offsets[1](self.sampling_offsets[0](x))
+        # the two regressors share the window means (pool and LeakyReLU hold no parameters)
+        pooled = self.sampling_offsets[1](self.sampling_offsets[0](pad_to_windows(x, self.window_size)))
+        nH, nW = pooled.shape[-2], pooled.shape[-1]
         offsets = self.sampling_offsets[2](pooled).view(B, self.num_heads, 2, nH, nW)
         scales = self.sampling_scales[2](pooled).view(B, self.num_heads, 2, nH, nW)
         regression = check_finite_regression(torch.cat([offsets, scales], dim=2))
-        return divide_offsets_by_unpadded_counts(regression, H, W, s)
+        return divide_offsets_by_unpadded_counts(regression, H, W, self.window_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = F.linear(x, self.qkv.weight.flatten(1), self.qkv.bias)
@@ -143,7 +143,6 @@ class ConvVSAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, out_dim={self.out_dim}, num_heads={self.num_heads}, window_size={self.window_size}'
-
 
 
 def vitae_to_vsattention_state_dict(state_dict: Dict[str, torch.Tensor], num_heads: int) -> Dict[str, torch.Tensor]:
@@ -163,6 +162,7 @@ def vitae_to_vsattention_state_dict(state_dict: Dict[str, torch.Tensor], num_hea
         per_head = torch.cat([offsets.unflatten(0, (num_heads, 2)), scales.unflatten(0, (num_heads, 2))], dim=1)
         converted[f'transform.2.{suffix}'] = per_head.flatten(0, 1)
     return converted
+
 
 def conv_branch(widths: Sequence[int], strides: Sequence[int], groups: int) -> nn.Sequential:
     """The parallel convolution module (PCM): three grouped 3x3 convs through `widths` (4 values), BatchNorm

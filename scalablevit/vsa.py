@@ -24,8 +24,8 @@ from timm.layers import register_notrace_function, trunc_normal_, use_fused_attn
 
 from .layers import attend_with_bias
 
-__all__ = ['VSAttention', 'attend_with_bias', 'relative_position_index', 'varied_size_window_attention',
-           'WindowRegressor', 'window_sampling_grid']
+__all__ = ['VSAttention', 'attend_with_bias', 'gather_relative_position_bias', 'pad_to_windows',
+           'relative_position_index', 'varied_size_window_attention', 'WindowRegressor', 'window_sampling_grid']
 
 
 def relative_position_index(window_size: int) -> torch.Tensor:
@@ -35,6 +35,20 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     coords = coords.flatten(1)  # 2, s²
     relative = coords[:, :, None] - coords[:, None, :] + window_size - 1  # 2, s², s²
     return relative[0] * (2 * window_size - 1) + relative[1]
+
+
+def gather_relative_position_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(heads, s², s²) additive attention bias from a ((2s-1)², heads) table and the (s², s²) index."""
+    s2 = index.shape[0]
+    return table[index.view(-1)].view(s2, s2, -1).permute(2, 0, 1)
+
+
+def pad_to_windows(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """(B, H, W, C) map -> (B, C, nH·s, nW·s), zero-padded at the bottom/right to window multiples (the
+    regressors' input)."""
+    H, W = x.shape[1], x.shape[2]
+    s = window_size
+    return F.pad(x.permute(0, 3, 1, 2), (0, (s - W % s) % s, 0, (s - H % s) % s))
 
 
 def window_sampling_grid(regression: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -105,12 +119,10 @@ class WindowRegressor(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) map -> (B, heads, 4, nH, nW), the map zero-padded to window multiples first."""
-        B, H, W, _ = x.shape
-        s = self.window_size
-        nH, nW = (H + s - 1) // s, (W + s - 1) // s
-        x = F.pad(x.permute(0, 3, 1, 2), (0, nW * s - W, 0, nH * s - H))
+        x = pad_to_windows(x, self.window_size)
         for layer in self:
             x = layer(x)
+        B, _, nH, nW = x.shape
         return check_finite_regression(x.view(B, self.num_heads, 4, nH, nW))
 
 
@@ -203,9 +215,7 @@ class VSAttention(nn.Module):
 
     def relative_position_bias(self) -> torch.Tensor:
         """(heads, s², s²) additive attention bias."""
-        s2 = self.window_size * self.window_size
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(s2, s2, self.num_heads).permute(2, 0, 1)
+        return gather_relative_position_bias(self.relative_position_bias_table, self.relative_position_index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = varied_size_window_attention(

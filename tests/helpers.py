@@ -80,6 +80,36 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm()).item()
 
 
+# The VSA module goldens: field -> (input size, input seed, regressors multiplied by the strong factor)
+VSA_MODULE_FIELDS = {
+    'output': ((14, 14), 1, False),
+    'output_strong': ((14, 14), 1, True),
+    'output_15x20': ((15, 20), 2, False),
+    'output_strong_15x20': ((15, 20), 2, True),
+}
+
+
+def vsa_module_golden_errors(module: torch.nn.Module, name: str, regressor_keys: Sequence[str]) -> Dict[str, float]:
+    """Relative error of a (B, H, W, 96) VSA module on each field of the golden `name` (weights from its .tsv,
+    `regressor_keys` scaled for the strong fields; the stored reference keeps every `token_stride`-th token).
+    Also checks the parameter names and count against the reference."""
+    import numpy as np
+    golden = np.load(DATA_DIR / f'{name}.golden.npz')
+    meta = golden_outputs(name)
+    weights = golden_state_dict(name)
+    assert [k for k, _ in module.named_parameters()] == list(weights)
+    assert sum(p.numel() for p in module.parameters()) == meta['params']
+    errors = {}
+    for field, (size, seed, strong) in VSA_MODULE_FIELDS.items():
+        state = {k: v * meta['strong_factor'] if strong and k in regressor_keys else v for k, v in weights.items()}
+        module.load_state_dict(state, strict=False)
+        x = torch.randn((2, 96, *size), generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            out = module(x.permute(0, 2, 3, 1)).reshape(2, -1, 96)[:, ::meta['token_stride']]
+        errors[field] = relative_error(out, torch.from_numpy(golden[field]))
+    return errors
+
+
 def create_tiny(**kwargs) -> torch.nn.Module:
     return timm.create_model(TINY_MODEL, **kwargs)
 

@@ -2,7 +2,6 @@
 names, any input size, and the timm API."""
 import math
 
-import numpy as np
 import pytest
 import timm
 import timm.optim
@@ -14,7 +13,6 @@ from scalablevit.vsa import VSAttention, relative_position_index
 
 from helpers import (
     ATTENTION_PATHS,
-    DATA_DIR,
     assert_compiles_to_one_graph,
     assert_fx_traces,
     assert_grad_checkpointing_keeps_gradients,
@@ -26,15 +24,10 @@ from helpers import (
     read_state_dict_spec,
     relative_error,
     select_attention_path,
+    vsa_module_golden_errors,
 )
 
 MAX_RELATIVE_ERROR = 1e-5
-MODULE_FIELDS = {  # golden field: (input size, input seed, regressors multiplied by the strong factor)
-    'output': ((14, 14), 1, False),
-    'output_strong': ((14, 14), 1, True),
-    'output_15x20': ((15, 20), 2, False),
-    'output_strong_15x20': ((15, 20), 2, True),
-}
 REGRESSOR_KEYS = ('sampling_offsets.2.weight', 'sampling_offsets.2.bias', 'sampling_scales.2.weight',
                   'sampling_scales.2.bias')
 RELEASED = 'vitaev2_vsa_s'
@@ -52,20 +45,10 @@ def test_module_reproduces_the_release(monkeypatch, path):
     """The released ViTAE classification module on all four golden fields: 15x20 is off the 7-grid, where it
     divides offsets by the unpadded window counts (2 x 2, not 3 x 3). The stored reference keeps every third
     token."""
-    golden = np.load(DATA_DIR / 'vsa_attention_vitae.golden.npz')
-    meta = golden_outputs('vsa_attention_vitae')
-    weights = golden_state_dict('vsa_attention_vitae')
     module = vitae_vsa.ConvVSAttention(96, num_heads=3, window_size=7).eval()
-    assert [k for k, _ in module.named_parameters()] == list(weights)
-    assert sum(p.numel() for p in module.parameters()) == meta['params']
     module.fused_attn = select_attention_path(monkeypatch, path)
-    for field, (size, seed, strong) in MODULE_FIELDS.items():
-        state = {k: v * meta['strong_factor'] if strong and k in REGRESSOR_KEYS else v for k, v in weights.items()}
-        module.load_state_dict(state, strict=False)
-        x = torch.randn((2, 96, *size), generator=torch.Generator().manual_seed(seed))
-        with torch.no_grad():
-            out = module(x.permute(0, 2, 3, 1)).reshape(2, -1, 96)[:, ::meta['token_stride']]
-        assert relative_error(out, torch.from_numpy(golden[field])) <= MAX_RELATIVE_ERROR, field
+    for field, error in vsa_module_golden_errors(module, 'vsa_attention_vitae', REGRESSOR_KEYS).items():
+        assert error <= MAX_RELATIVE_ERROR, field
 
 
 def test_vitae_module_keys_convert_to_the_swin_vsa_module():

@@ -2,7 +2,6 @@
 the released parameter names, and the timm API."""
 import math
 
-import numpy as np
 import pytest
 import timm
 import timm.optim
@@ -14,7 +13,6 @@ from scalablevit.vsa import VSAttention, relative_position_index, window_samplin
 
 from helpers import (
     ATTENTION_PATHS,
-    DATA_DIR,
     assert_compiles_to_one_graph,
     assert_fx_traces,
     assert_onnx_matches_onnxruntime,
@@ -27,17 +25,12 @@ from helpers import (
     read_state_dict_spec,
     relative_error,
     select_attention_path,
+    vsa_module_golden_errors,
 )
 
 MAX_RELATIVE_ERROR = 1e-5
 SWIN_VSA = ('swin_tiny_vsa_patch4_window7_224', 'swin_small_vsa_patch4_window7_224')
 TINY = 'swin_vsa_test'
-MODULE_FIELDS = {  # golden field: (input size, input seed, regressor multiplied by the strong factor)
-    'output': ((14, 14), 1, False),
-    'output_strong': ((14, 14), 1, True),
-    'output_15x20': ((15, 20), 2, False),
-    'output_strong_15x20': ((15, 20), 2, True),
-}
 
 
 @pytest.fixture
@@ -52,23 +45,11 @@ def tiny():
 def test_module_reproduces_the_release(monkeypatch, path):
     """All four golden fields (14x14 and 15x20, default and strongly moved/scaled windows); the stored
     reference keeps every third token of each field."""
-    golden = np.load(DATA_DIR / 'vsa_attention.golden.npz')
-    meta = golden_outputs('vsa_attention')
-    weights = golden_state_dict('vsa_attention')
     module = VSAttention(96, num_heads=3, window_size=7).eval()
-    assert [k for k, _ in module.named_parameters()] == list(weights)
-    assert sum(p.numel() for p in module.parameters()) == meta['params']
     module.fused_attn = select_attention_path(monkeypatch, path)
-    for field, (size, seed, strong) in MODULE_FIELDS.items():
-        state = dict(weights)
-        if strong:
-            for key in ('transform.2.weight', 'transform.2.bias'):
-                state[key] = state[key] * meta['strong_factor']
-        module.load_state_dict(state, strict=False)
-        x = torch.randn((2, 96, *size), generator=torch.Generator().manual_seed(seed))
-        with torch.no_grad():
-            out = module(x.permute(0, 2, 3, 1)).reshape(2, -1, 96)[:, ::meta['token_stride']]
-        assert relative_error(out, torch.from_numpy(golden[field])) <= MAX_RELATIVE_ERROR, field
+    errors = vsa_module_golden_errors(module, 'vsa_attention', ('transform.2.weight', 'transform.2.bias'))
+    for field, error in errors.items():
+        assert error <= MAX_RELATIVE_ERROR, field
 
 
 def test_zero_regressor_is_plain_window_attention():
