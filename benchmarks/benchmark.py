@@ -10,7 +10,9 @@ matmul peak (FLOPs per image = 2 x the multiply-adds counted by fvcore's rules, 
 `explicit` rows run ScalableViT's attention as the released code does (softmax(q·kᵀ)·v spelled out); `ckpt`
 rows train with gradient checkpointing. Each row runs in its own process. Memory is measured over one extra
 step: `peak MB` is the process's peak (CPU: resident set; CUDA: allocated), `step MB` what the step added on
-top of what was held before it (activations, gradients, temporaries; weights and optimizer state excluded).
+top of what was held before it (activations, gradients, temporaries; weights and optimizer state excluded),
+`tensor MB` the same for the tensors alone (on CPU, resident memory also holds what malloc keeps and
+fragments; `tensor MB` is what CUDA's allocated-memory peak would report).
 On CPU the rows run with glibc malloc keeping freed memory for reuse (`--allocator cached`, the default),
 the role jemalloc/tcmalloc play in PyTorch's CPU tuning guides; `--allocator system` keeps glibc's defaults.
 The classification data loader can be timed too: `--loader-data PATH` (an ImageFolder train/ folder parent).
@@ -23,6 +25,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -128,6 +131,22 @@ def step_memory_mb(step: Callable[[], None], device: torch.device) -> Tuple[floa
     return peak / 1024, (peak - before) / 1024
 
 
+def tensor_step_memory_mb(step: Callable[[], None], device: torch.device) -> float:
+    """MiB the step's tensors add at their peak, without the allocator's own retention and fragmentation:
+    CUDA's allocated-memory peak, on CPU the profiler's memory timeline (the CPU counterpart of the former)."""
+    if device.type == 'cuda':
+        return step_memory_mb(step, device)[1]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
+                                record_shapes=True, with_stack=True) as profiler:
+        step()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, 'timeline.json')
+        profiler.export_memory_timeline(path, device='cpu')
+        _, sizes = json.loads(Path(path).read_text())  # per event: bytes held in each category
+    held = [sum(categories) for categories in sizes]
+    return (max(held) - held[0]) / 2 ** 20
+
+
 def measure(args: argparse.Namespace) -> Dict:
     """One row: build the model, time it in one mode, report; runs in a child process."""
     torch.set_num_threads(args.threads)
@@ -168,10 +187,11 @@ def measure(args: argparse.Namespace) -> Dict:
 
     times = timed(step, device, args.warmup, args.repeats)
     peak_mb, step_mb = step_memory_mb(step, device)
+    tensor_mb = tensor_step_memory_mb(step, device)
     median = statistics.median(times)
     return dict(model=args.model, variant=args.variant, mode=args.mode, batch_size=args.batch_size,
                 img_size=args.img_size, median_s=median, min_s=min(times), max_s=max(times),
-                img_per_s=args.batch_size / median, peak_mb=peak_mb, step_mb=step_mb)
+                img_per_s=args.batch_size / median, peak_mb=peak_mb, step_mb=step_mb, tensor_mb=tensor_mb)
 
 
 def run_row(args: argparse.Namespace, model: str, variant: str, mode: str) -> Dict:
@@ -251,7 +271,7 @@ def main() -> None:
           f'{f", {args.allocator} malloc" if device.type == "cpu" else ""}; '
           f'matmul peak {peak:.1f} GFLOP/s ({peak_dtype})', flush=True)
     header = (f'{"model":30s} {"variant":9s} {"mode":5s} {"median s":>9s} {"spread s":>15s} {"img/s":>8s} '
-              f'{"GFLOP/s":>8s} {"% peak":>7s} {"peak MB":>8s} {"step MB":>8s}')
+              f'{"GFLOP/s":>8s} {"% peak":>7s} {"peak MB":>8s} {"step MB":>8s} {"tensor MB":>9s}')
     print(header + '\n' + '-' * len(header), flush=True)
     plan = []
     for model in args.models:
@@ -277,7 +297,8 @@ def main() -> None:
         rows.append(row)
         print(f'{model:30s} {variant:9s} {mode:5s} {row["median_s"]:9.3f} '
               f'{row["min_s"]:7.3f}-{row["max_s"]:<7.3f} {row["img_per_s"]:8.1f} {row["gflop_per_s"]:8.1f} '
-              f'{100 * row["fraction_of_peak"]:6.1f}% {row["peak_mb"]:8.0f} {row["step_mb"]:8.0f}', flush=True)
+              f'{100 * row["fraction_of_peak"]:6.1f}% {row["peak_mb"]:8.0f} {row["step_mb"]:8.0f} '
+              f'{row["tensor_mb"]:9.0f}', flush=True)
     result = dict(device=args.device, threads=args.threads, allocator=args.allocator, matmul_peak_gflop_per_s=peak,
                   rows=rows)
     if args.loader_data:
