@@ -131,11 +131,9 @@ def step_memory_mb(step: Callable[[], None], device: torch.device) -> Tuple[floa
     return peak / 1024, (peak - before) / 1024
 
 
-def tensor_step_memory_mb(step: Callable[[], None], device: torch.device) -> float:
-    """MiB the step's tensors add at their peak, without the allocator's own retention and fragmentation:
-    CUDA's allocated-memory peak, on CPU the profiler's memory timeline (the CPU counterpart of the former)."""
-    if device.type == 'cuda':
-        return step_memory_mb(step, device)[1]
+def cpu_tensor_step_memory_mb(step: Callable[[], None]) -> float:
+    """MiB the step's tensors add at their peak on CPU, without malloc's own retention and fragmentation: the
+    profiler's memory timeline, the CPU counterpart of CUDA's allocated-memory peak (`step_memory_mb`)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
                                 record_shapes=True, with_stack=True) as profiler:
         step()
@@ -187,7 +185,7 @@ def measure(args: argparse.Namespace) -> Dict:
 
     times = timed(step, device, args.warmup, args.repeats)
     peak_mb, step_mb = step_memory_mb(step, device)
-    tensor_mb = tensor_step_memory_mb(step, device)
+    tensor_mb = step_mb if device.type == 'cuda' else cpu_tensor_step_memory_mb(step)  # CUDA: already tensors
     median = statistics.median(times)
     return dict(model=args.model, variant=args.variant, mode=args.mode, batch_size=args.batch_size,
                 img_size=args.img_size, median_s=median, min_s=min(times), max_s=max(times),
