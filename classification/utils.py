@@ -17,6 +17,7 @@ import torch.distributed as dist
 from timm.utils import init_distributed_device
 
 from scalablevit import checkpoint as checkpoint_io
+from scalablevit.distributed import set_slurm_rendezvous
 
 logger = logging.getLogger('classification')
 
@@ -159,8 +160,10 @@ def init_distributed(args: argparse.Namespace) -> torch.device:
     """Join the process group that torchrun, `torch.distributed.launch --use_env` or Slurm describe (timm's
     `init_distributed_device`: NCCL on GPU, gloo on CPU), set up rank-aware logging and return the device.
 
-    Sets args.distributed, args.rank, args.world_size, args.local_rank and args.device.
+    Sets args.distributed, args.rank, args.world_size, args.local_rank and args.device. Under `srun` the
+    rendezvous (MASTER_ADDR: the step's first node) comes from `scalablevit.distributed`.
     """
+    set_slurm_rendezvous()
     device = init_distributed_device(args)
     setup_logging(args.rank)
     if args.distributed:

@@ -65,7 +65,8 @@ def _sync_bn_to_bn(node) -> int:
 
 
 def prepare_cpu_distributed(cfg: Config) -> None:
-    """Let `--launcher pytorch` run on CPU processes (gloo), e.g. `dist_train.sh CONFIG 2` without a GPU.
+    """Let `--launcher pytorch` (or `slurm`) run on CPU processes (gloo), e.g. `dist_train.sh CONFIG 2` without
+    a GPU.
 
     mmengine's launcher calls `torch.cuda.set_device` and defaults to NCCL; here the process group is joined
     with gloo first (the Runner then skips its own initialisation) and the model is wrapped by

@@ -8,6 +8,7 @@ from typing import Callable, List, Optional
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from ..distributed import set_slurm_rendezvous
 from .compat import prepare_cpu_distributed
 
 LAUNCHERS = ['none', 'pytorch', 'slurm', 'mpi']
@@ -32,6 +33,8 @@ def _load_config(args: argparse.Namespace) -> Config:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.launcher == 'slurm':
+        set_slurm_rendezvous()  # srun's tasks: RANK, WORLD_SIZE, MASTER_ADDR, a per-job MASTER_PORT
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     prepare_cpu_distributed(cfg)

@@ -1,0 +1,156 @@
+"""Training where users train: the Slurm launchers of all three tasks on a real one-node Slurm cluster started
+here, and the srun rendezvous. (The legacy `torch.distributed.launch --use_env` command: test_classification.py.)"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, free_port, run_command
+
+CLASSIFICATION, DETECTION, SEGMENTATION = ROOT / 'classification', ROOT / 'detection', ROOT / 'segmentation'
+SLURM_DAEMONS = ('slurmctld', 'slurmd', 'srun', 'scontrol', 'sinfo')
+TINY_TRAINING = ['--model', 'scalable_vit_test', '--input-size', '32', '--batch-size', '8', '--warmup-epochs', '1',
+                 '--lr', '4e-3', '--device', 'cpu']
+
+
+@pytest.fixture(scope='session')
+def slurm(tmp_path_factory):
+    """A private one-node Slurm cluster (slurmctld + slurmd, no munge: auth/none) on free ports; yields the
+    environment under which `srun` submits to it. Skips where Slurm is not installed or not root."""
+    if os.geteuid() != 0 or not all(shutil.which(name) for name in SLURM_DAEMONS):
+        pytest.skip('needs root and Slurm (Debian/Ubuntu: apt-get install slurm-wlm) for a one-node cluster')
+    root = tmp_path_factory.mktemp('slurm')
+    host = socket.gethostname().split('.')[0]
+    for folder in ('state', 'spool'):
+        (root / folder).mkdir()
+    (root / 'slurm.conf').write_text(f"""\
+ClusterName=test
+SlurmctldHost={host}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/none
+CredType=cred/none
+ProctrackType=proctrack/pgid
+TaskPlugin=task/none
+SwitchType=switch/none
+MpiDefault=none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+ReturnToService=2
+KillWait=10
+NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+""")
+    env = dict(os.environ, SLURM_CONF=str(root / 'slurm.conf'))
+    daemons = [subprocess.Popen([name, '-D', '-f', env['SLURM_CONF']] + (['-c'] if name == 'slurmctld' else []),
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for name in ('slurmctld', 'slurmd')]
+    try:
+        deadline = time.time() + 60
+        state = ''
+        while time.time() < deadline:
+            state = subprocess.run(['sinfo', '-h', '-o', '%T'], env=env, capture_output=True, text=True).stdout
+            if state.strip() == 'idle':
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f'the Slurm node did not come up ({state!r}); see {root}/slurmd.log')
+        yield {'SLURM_CONF': env['SLURM_CONF']}
+    finally:
+        for daemon in daemons:
+            daemon.terminate()
+        for daemon in daemons:
+            daemon.wait(timeout=30)
+
+
+def venv_path() -> str:
+    """PATH with this Python's bin first, as the users' launch scripts expect `python`/`torchrun` there."""
+    return f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}'
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory) -> Path:
+    sys.path.insert(0, str(CLASSIFICATION))
+    from make_demo_dataset import make_dataset
+    return make_dataset(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=16, val_per_class=8,
+                        size=32)
+
+
+@pytest.mark.slow
+def test_classification_under_srun(slurm, data, tmp_path):
+    """`srun -n 2 python main.py ...`: ranks from SLURM_*, the rendezvous on the step's first node."""
+    out = tmp_path / 'srun'
+    result = run_command(['srun', '-n', '2', '-N', '1', '--kill-on-bad-exit=1', sys.executable, 'main.py',
+                          *TINY_TRAINING, '--data-path', data, '--output_dir', out, '--epochs', '1',
+                          '--num_workers', '0'], cwd=CLASSIFICATION, timeout=300, env=slurm)
+    assert 'distributed init (rank 0 of 2, gloo)' in result.stdout
+    assert (out / 'checkpoint.pth').exists()
+
+
+def test_slurm_rendezvous_from_srun_environment(monkeypatch):
+    """The variables srun sets for task 1 of 2 on one node become torch.distributed's env:// rendezvous."""
+    from scalablevit.distributed import set_slurm_rendezvous
+    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in dict(SLURM_PROCID='1', SLURM_NTASKS='2', SLURM_LOCALID='1', SLURM_JOB_ID='4321',
+                            SLURM_STEP_NODELIST='node7', SLURM_NODELIST='node7').items():
+        monkeypatch.setenv(name, value)
+    assert set_slurm_rendezvous()
+    assert [os.environ[n] for n in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')] == \
+        ['1', '2', '1', 'node7', str(29500 + 321)]
+    monkeypatch.setenv('SLURM_NTASKS', '1')  # a single task (e.g. the batch script itself): not distributed
+    monkeypatch.delenv('RANK')
+    assert not set_slurm_rendezvous()
+
+
+def openmmlab_demo(task: str, tmp_path: Path) -> Path:
+    """The task's smallest CPU demo config, with its generated dataset under tmp_path/data."""
+    if task == 'detection':
+        sys.path.insert(0, str(DETECTION))
+        from make_demo_coco import make_dataset
+        make_dataset(tmp_path / 'data' / 'demo_coco', train_images=8, val_images=4)
+        return DETECTION / 'configs' / 'demo' / 'retinanet_scalablevit-tiny_fpn_demo-coco.py'
+    sys.path.insert(0, str(SEGMENTATION))
+    from make_demo_ade import make_dataset
+    make_dataset(tmp_path / 'data' / 'demo_ade', train_images=8, val_images=4)
+    return SEGMENTATION / 'configs' / 'demo' / 'fpn_scalablevit-tiny_demo-ade.py'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('task', ['detection', 'segmentation'])
+def test_openmmlab_slurm_train_and_test(slurm, task, tmp_path):
+    """`slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR` then `slurm_test.sh ... CHECKPOINT` on 2 CPU tasks
+    (mmengine's `--launcher slurm`; GRES empty: the node has no GPUs)."""
+    pytest.importorskip('mmdet')
+    pytest.importorskip('mmseg')
+    config = openmmlab_demo(task, tmp_path)
+    folder = DETECTION if task == 'detection' else SEGMENTATION
+    env = dict(slurm, PATH=venv_path(), GPUS='2', GPUS_PER_NODE='2', CPUS_PER_TASK='1', GRES='')
+    work = tmp_path / 'work'
+    options = ['--cfg-options', 'train_cfg.max_epochs=1'] if task == 'detection' else []
+    result = run_command(['bash', folder / 'slurm_train.sh', 'debug', f'{task}-train', config, work, *options],
+                         cwd=tmp_path, env=env, timeout=900)
+    log = result.stdout + result.stderr
+    assert 'Distributed training: True' in log and 'GPU number: 2' in log  # mmengine's names for the world
+    checkpoint = work / ('epoch_1.pth' if task == 'detection' else 'iter_4.pth')
+    assert checkpoint.exists()
+    metric = ['--eval', 'bbox'] if task == 'detection' else ['--eval', 'mIoU']
+    result = run_command(['bash', folder / 'slurm_test.sh', 'debug', f'{task}-test', config, checkpoint, *metric,
+                          '--work-dir', tmp_path / 'test'], cwd=tmp_path, env=env, timeout=900)
+    log = result.stdout + result.stderr
+    assert ('coco/bbox_mAP' if task == 'detection' else 'mIoU') in log
