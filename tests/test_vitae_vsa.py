@@ -1,6 +1,7 @@
 """ViTAEv2*+VSA (`scalablevit.vitae_vsa`): the released function to float32 rounding, the released parameter
 names, any input size, and the timm API."""
 import math
+import sys
 
 import pytest
 import timm
@@ -13,6 +14,8 @@ from scalablevit.vsa import VSAttention, relative_position_index
 
 from helpers import (
     ATTENTION_PATHS,
+    DATA_DIR,
+    ROOT,
     assert_compiles_to_one_graph,
     assert_fx_traces,
     assert_grad_checkpointing_keeps_gradients,
@@ -31,7 +34,49 @@ MAX_RELATIVE_ERROR = 1e-5
 REGRESSOR_KEYS = ('sampling_offsets.2.weight', 'sampling_offsets.2.bias', 'sampling_scales.2.weight',
                   'sampling_scales.2.bias')
 RELEASED = 'vitaev2_vsa_s'
+# the released models with goldens: parameters of the released code (the 48M is `ViTAEv2_VSA_widePCM_48M`)
+RELEASED_PARAMS = {'vitaev2_vsa_s': 19_773_300, 'vitaev2_vsa_48m': 51_089_119}
 TINY = 'vitaev2_vsa_test'
+
+
+def released_buffers(name):
+    """The buffers of the released state dict as `<name>.buffers.tsv` states them (constructor values)."""
+    buffers = {}
+    for line in (DATA_DIR / f'{name}.buffers.tsv').read_text().splitlines()[1:]:
+        key, shape, value = line.split('\t')
+        size = tuple(int(s) for s in shape.split('x')) if shape else ()
+        if value.startswith('Swin relative-position index'):
+            buffers[key] = relative_position_index(7)
+            assert tuple(buffers[key].shape) == size, key
+        elif value.startswith('zeros'):
+            buffers[key] = torch.zeros(size)
+        elif value.startswith('ones'):
+            buffers[key] = torch.ones(size)
+        else:
+            assert key.endswith('num_batches_tracked') and value.startswith('0 '), (key, value)
+            buffers[key] = torch.tensor(0)
+    return buffers
+
+
+def released_state_dict(name):
+    """A released-format state dict made from the reference files alone: the golden weights and the buffers."""
+    return {**golden_state_dict(name), **released_buffers(name)}
+
+
+@pytest.fixture(scope='module')
+def golden_models():
+    """Each released model, built once, with its released-format golden state dict loaded `strict=True`."""
+    models = {}
+
+    def get(name):
+        if name not in models:
+            torch.manual_seed(0)
+            model = timm.create_model(name).eval()
+            incompatible = model.load_state_dict(released_state_dict(name), strict=True)
+            assert not incompatible.missing_keys and not incompatible.unexpected_keys
+            models[name] = model
+        return models[name]
+    return get
 
 
 @pytest.fixture
@@ -67,27 +112,36 @@ def test_vitae_module_keys_convert_to_the_swin_vsa_module():
         assert relative_error(target(x), source(x)) > 1e-3
 
 
-def test_parameter_names_and_buffers_match_release():
-    model = timm.create_model(RELEASED)
-    expected = [(key, shape) for key, shape, _ in read_state_dict_spec(RELEASED)]
+@pytest.mark.parametrize('name', sorted(RELEASED_PARAMS))
+def test_parameter_names_and_buffers_match_release(name):
+    with torch.device('meta'):
+        model = timm.create_model(name)
+    expected = [(key, shape) for key, shape, _ in read_state_dict_spec(name)]
     assert [(key, tuple(p.shape)) for key, p in model.named_parameters()] == expected
-    state_dict = model.state_dict()
-    buffers = read_buffer_keys(RELEASED)
-    assert sorted(set(state_dict) - {k for k, _ in expected}) == sorted(buffers)
-    for key in buffers:
-        if key.endswith('relative_position_index'):
-            assert torch.equal(state_dict[key], relative_position_index(7)), key
-    assert sum(p.numel() for p in model.parameters()) == golden_outputs(RELEASED)['params'] == 19_773_300
+    buffers = dict(model.named_buffers())
+    assert list(buffers) == read_buffer_keys(name)  # the released state dict's buffers, in its order
+    for key, value in released_buffers(name).items():
+        assert buffers[key].shape == value.shape and buffers[key].dtype == value.dtype, key
+    assert sum(p.numel() for p in model.parameters()) == golden_outputs(name)['params'] == RELEASED_PARAMS[name]
+
+
+@pytest.mark.parametrize('name', sorted(RELEASED_PARAMS))
+def test_buffers_are_the_released_values(name):
+    """The constructed buffers equal the release's (Swin index, BatchNorm statistics at their init)."""
+    torch.manual_seed(0)
+    buffers = dict(timm.create_model(name).named_buffers())
+    for key, value in released_buffers(name).items():
+        assert torch.equal(buffers[key], value), key
 
 
 @pytest.mark.parametrize('path', ATTENTION_PATHS)
-def test_golden_logits(monkeypatch, path):
-    model = timm.create_model(RELEASED).eval()
-    weights = golden_state_dict(RELEASED)
-    weights.update({k: v for k, v in model.state_dict().items() if k not in weights})  # buffers at their init
-    model.load_state_dict(weights, strict=True)
+@pytest.mark.parametrize('name', sorted(RELEASED_PARAMS))
+def test_golden_logits(monkeypatch, golden_models, name, path):
+    """Logits and pooled features of the released code at 224 (the golden weights, released-format state dict
+    loaded strict) on every attention path."""
+    model = golden_models(name)
     model.set_fused_attn(select_attention_path(monkeypatch, path))
-    ref = golden_outputs(RELEASED)
+    ref = golden_outputs(name)
     with torch.no_grad():
         pooled = model.forward_head(model.forward_features(golden_input()), pre_logits=True)
         logits = model.head(pooled)
@@ -109,14 +163,71 @@ def test_released_checkpoint_loads_strict(tmp_path):
         timm.create_model(TINY, pretrained=True, pretrained_cfg_overlay=pretrained_overlay(str(path)))
 
 
-def test_48m_builds_as_reconstructed():
-    """ViTAEv2-48M's widths with VSA (the released widePCM 48M, 51,089,119 parameters, is known only by its
-    totals: see `vitae_vsa.ARCH_SETTINGS`)."""
+def test_48m_is_the_released_wide_pcm_layout():
+    """ViTAEv2*-48M+VSA as released (`ViTAEv2_VSA_widePCM_48M`): RC heads equal to the NC heads, and the
+    reduction cells' PCM through 2·token_dims (in -> 2·t -> 2·t -> t); the normal cells' PCM is unchanged."""
     with torch.device('meta'):
         model = timm.create_model('vitaev2_vsa_48m')
         headless = timm.create_model('vitaev2_vsa_48m', num_classes=0)
-    assert sum(p.numel() for p in model.parameters()) == 49_375_948
     assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in headless.parameters()) == 769_000
+    in_chans = 3
+    for layer, embed, token, heads in zip(model.layers, (96, 96, 192, 384), (96, 192, 384, 768), (3, 6, 12, 24)):
+        pcm = layer.RC.PCM
+        assert [(pcm[i].in_channels, pcm[i].out_channels) for i in (0, 3, 6)] == [
+            (in_chans, 2 * token), (2 * token, 2 * token), (2 * token, token)]
+        assert layer.RC.PRM.convs[0][0].out_channels == embed
+        assert layer.RC.attn.num_heads == heads and all(cell.attn.num_heads == heads for cell in layer.NC)
+        assert [(layer.NC[0].PCM[i].in_channels, layer.NC[0].PCM[i].out_channels) for i in (0, 3, 6)] == [
+            (token, 4 * token), (4 * token, token), (token, token)]
+        in_chans = token
+    assert [len(layer.NC) for layer in model.layers] == [2, 2, 11, 2]
+
+
+def test_wide_pcm_is_an_option_of_the_reduction_cell():
+    """S keeps the narrow PCM (in -> embed -> embed -> token); `wide_pcm` widens any model."""
+    narrow = vitae_vsa.ReductionCell(3, 8, 16, 4, 7, (1, 2), num_heads=2, groups=1)
+    wide = vitae_vsa.ReductionCell(3, 8, 16, 4, 7, (1, 2), num_heads=2, groups=1, wide_pcm=True)
+    assert [narrow.PCM[i].out_channels for i in (0, 3, 6)] == [8, 8, 16]
+    assert [wide.PCM[i].out_channels for i in (0, 3, 6)] == [32, 32, 16]
+    x = torch.randn(1, 3, 45, 38)
+    assert wide.eval()(x).shape == narrow.eval()(x).shape == (1, 12, 10, 16)
+    tiny_wide = timm.create_model(TINY, wide_pcm=True)
+    assert tiny_wide.layers[1].RC.PCM[3].weight.shape == (64, 16, 3, 3)  # 2·32 -> 2·32, groups 4
+
+
+def test_train_recipes_are_the_release_and_main_py_flags():
+    """ViTAE-VSA's recipe: 10 warm-up epochs; S drop path 0.1, wd 0.05; 48M drop path 0.25, wd 0.055. The keys
+    are classification/main.py's argparse destinations; the models' default drop path is the recipe's."""
+    assert vitae_vsa.TRAIN_RECIPES == {
+        'vitaev2_vsa_s': dict(drop_path=0.1, warmup_epochs=10, weight_decay=0.05),
+        'vitaev2_vsa_48m': dict(drop_path=0.25, warmup_epochs=10, weight_decay=0.055),
+    }
+    sys.path.insert(0, str(ROOT / 'classification'))
+    try:
+        import main as cls_main
+    finally:
+        sys.path.remove(str(ROOT / 'classification'))
+    dests = {action.dest for action in cls_main.get_args_parser()._actions}
+    for name, recipe in vitae_vsa.TRAIN_RECIPES.items():
+        assert set(recipe) <= dests, name
+        with torch.device('meta'):
+            model = timm.create_model(name)
+        rates = [getattr(cell.drop_path, 'drop_prob', 0.) for layer in model.layers for cell in layer.NC]
+        assert rates[-1] == pytest.approx(recipe['drop_path']), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name, gflops', [('vitaev2_vsa_s', 5.764), ('vitaev2_vsa_48m', 15.090)])
+def test_flops_equal_the_release(name, gflops):
+    """fvcore's count of the released code at 224 (one multiply-add = one FLOP), by `tools/get_flops.py`."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    try:
+        import get_flops
+    finally:
+        sys.path.remove(str(ROOT / 'tools'))
+    result = get_flops.count(name)
+    assert result['shape'] == (224, 224) and result['params'] * 1e6 == pytest.approx(RELEASED_PARAMS[name], abs=0.5)
+    assert result['flops'] == pytest.approx(gflops, abs=5e-4)
 
 
 @pytest.mark.slow
