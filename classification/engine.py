@@ -1,18 +1,27 @@
-"""One training epoch, evaluation and throughput measurement."""
+"""One training epoch (gradient accumulation, no per-step host sync, stop and save on request), evaluation
+and throughput measurement."""
 import math
+import signal
 import time
 from contextlib import nullcontext
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from timm.data import Mixup
 from timm.utils import ModelEmaV3, NativeScaler, accuracy, dispatch_clip_grad
 
 import utils
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped on a signal after its checkpoint was written; rerunning the command resumes."""
 
 
 def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
@@ -20,6 +29,116 @@ def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
     if amp_dtype is None or device.type != 'cuda':
         return nullcontext()
     return torch.autocast(device_type='cuda', dtype=amp_dtype)
+
+
+class StepMixup(Mixup):
+    """timm's Mixup/CutMix with its random parameters (lambda, mixup or cutmix) drawn once per optimizer step
+    (`next_step`): with gradient accumulation every micro-batch of a step is mixed alike, as the one large
+    batch would be; with one micro-batch per step it is timm's Mixup draw for draw."""
+
+    def next_step(self) -> None:
+        self._step_params = Mixup._params_per_batch(self)
+
+    def _params_per_batch(self) -> Tuple[float, bool]:
+        return self._step_params
+
+
+class StopRequest:
+    """SIGTERM/SIGUSR1 (a Slurm preemption, `--signal=USR1@90`, torchrun forwarding SIGTERM) set a flag; the
+    training loop asks `agreed()` after every optimizer step, which all-reduces the flag (MAX, on the CPU: gloo)
+    so that every rank stops after the same step. The handlers only set the flag, so a signal never interrupts
+    a step or a checkpoint write."""
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+        self._group = None
+        if utils.is_dist_avail_and_initialized():
+            self._group = dist.new_group(backend='gloo') if dist.get_backend() != 'gloo' else dist.group.WORLD
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signal = signum
+
+    def agreed(self) -> bool:
+        """Whether any rank has received a stop signal (a collective: every rank calls it at the same step)."""
+        if self._group is None:
+            return self.signal is not None
+        flag = torch.tensor([self.signal is not None], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(flag.item())
+
+    def close(self) -> None:
+        """Give the signals back to their previous handlers."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def meter_states(metric_logger: utils.MetricLogger) -> Dict[str, tuple]:
+    """The epoch's meters so far (window, total, count), for a mid-epoch checkpoint."""
+    return {name: (list(meter.deque), meter.total, meter.count) for name, meter in metric_logger.meters.items()}
+
+
+def load_meter_states(metric_logger: utils.MetricLogger, states: Dict[str, tuple]) -> None:
+    for name, (window, total, count) in states.items():
+        meter = metric_logger.meters[name]
+        meter.deque.extend(window)
+        meter.total, meter.count = total, count
+
+
+class OptimizerSteps:
+    """The loader's micro-batches grouped into optimizer steps of `accum_steps` (the epoch's last step takes
+    what is left, as in timm); iterating yields (step index in the epoch, number of micro-batches, iterator
+    over them). `start_step` is where a resumed epoch begins (the loader then starts there too)."""
+
+    def __init__(self, loader: Iterable, accum_steps: int, start_step: int = 0):
+        self.loader = loader
+        self.accum_steps = accum_steps
+        self.start_step = start_step
+        self.micro_batches = start_step * accum_steps + len(loader)  # in the whole epoch
+        self.steps = -(-self.micro_batches // accum_steps)
+
+    def __len__(self) -> int:
+        return self.steps - self.start_step
+
+    def __iter__(self) -> Iterator[Tuple[int, int, Iterator]]:
+        batches = iter(self.loader)
+        for step in range(self.start_step, self.steps):
+            count = min(self.accum_steps, self.micro_batches - step * self.accum_steps)
+            yield step, count, (next(batches) for _ in range(count))
+
+
+class PendingLosses:
+    """Step losses kept on the device and read in one transfer at the logging interval and before any
+    checkpoint: no host sync per step, and a NaN/inf loss is still found before anything is written (the
+    ranks agree on it, so all of them stop)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+        self.losses: List[torch.Tensor] = []
+        self.steps: List[int] = []
+
+    def append(self, step: int, loss: torch.Tensor) -> None:
+        self.steps.append(step)
+        self.losses.append(loss.detach())
+
+    def flush(self, metric_logger: utils.MetricLogger, lr: float) -> None:
+        """Move the pending losses into the meters; NonFiniteLossError at the first non-finite one (any rank)."""
+        values = torch.stack(self.losses).float().tolist() if self.losses else []
+        steps, self.losses, self.steps = self.steps, [], []
+        bad = next(((step, value) for step, value in zip(steps, values) if not math.isfinite(value)), None)
+        if utils.is_dist_avail_and_initialized():
+            flag = torch.tensor([bad is not None], dtype=torch.int32, device=utils._collective_device())
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and bad is None:
+                raise NonFiniteLossError(f'the loss became NaN or infinite on another rank at epoch {self.epoch} '
+                                         f'(see its error): stopping. No checkpoint was written after it.')
+        if bad is not None:
+            raise NonFiniteLossError(
+                f'loss is {bad[1]} at epoch {self.epoch}, step {bad[0]}: stopping. No checkpoint was written '
+                f'after it (the last one is untouched); lower --lr, keep --clip-grad on, or use --amp-dtype '
+                f'bfloat16.')
+        for value in values:
+            metric_logger.update(loss=value, lr=lr)
 
 
 def train_one_epoch(
@@ -33,45 +152,82 @@ def train_one_epoch(
         amp_dtype: Optional[torch.dtype],
         max_norm: Optional[float] = None,
         model_ema: Optional[ModelEmaV3] = None,
-        mixup_fn: Optional[Mixup] = None,
+        mixup_fn: Optional[StepMixup] = None,
         print_freq: int = 10,
-) -> Dict[str, float]:
+        accum_steps: int = 1,
+        start_step: int = 0,
+        meters: Optional[Dict[str, tuple]] = None,
+        channels_last: bool = False,
+        stop: Optional[StopRequest] = None,
+        checkpoint_interval: int = 0,
+        save: Optional[Callable[[int, Dict[str, tuple]], None]] = None,
+        ddp_model: Optional[torch.nn.parallel.DistributedDataParallel] = None,
+) -> Tuple[Dict[str, float], bool]:
+    """Train one epoch (from optimizer step `start_step` on, with the epoch's `meters` so far when resuming).
+
+    Every optimizer step takes `accum_steps` micro-batches: the loss of each is divided by the step's count,
+    DDP (`ddp_model`) all-reduces gradients only on the last one (`no_sync`), mixup draws once per step and the
+    EMA updates once per step. After step n (counted in the epoch) `save(n, meters)` writes a mid-epoch
+    checkpoint every `checkpoint_interval` steps and when the ranks agree to stop (`stop`); the losses are
+    checked for NaN/inf before each save. Returns (the epoch's averaged stats, whether it stopped early).
+    """
     model.train()
     metric_logger = utils.MetricLogger()
     metric_logger.add_meter('lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
+    if meters:
+        load_meter_states(metric_logger, meters)
+    steps = OptimizerSteps(data_loader, accum_steps, start_step)
+    pending = PendingLosses(epoch)
+    lr = max(group['lr'] for group in optimizer.param_groups)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    stopped = False
     header = f'Epoch: [{epoch}]'
-    for step, (samples, targets) in enumerate(metric_logger.log_every(data_loader, print_freq, header)):
-        samples = samples.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if mixup_fn is not None:
-            samples, targets = mixup_fn(samples, targets)
-
-        with autocast(device, amp_dtype):
-            outputs = model(samples)
-            loss = criterion(outputs, targets)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f'loss is {loss_value} at epoch {epoch}, step {step}: stopping. The checkpoint of the last '
-                f'finished epoch is untouched; lower --lr, keep --clip-grad on, or use --amp-dtype bfloat16.')
-
+    for index, (step, count, micro_batches) in enumerate(metric_logger.log_every(steps, print_freq, header)):
         optimizer.zero_grad()
-        if loss_scaler is not None:
-            loss_scaler(loss, optimizer, clip_grad=max_norm, parameters=model.parameters())
-        else:
-            loss.backward()
-            if max_norm:
-                dispatch_clip_grad(model.parameters(), max_norm)
-            optimizer.step()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
+        step_loss = 0.0
+        for micro, (samples, targets) in enumerate(micro_batches):
+            samples = samples.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if channels_last:
+                samples = samples.contiguous(memory_format=torch.channels_last)
+            if mixup_fn is not None:
+                if micro == 0:
+                    mixup_fn.next_step()
+                samples, targets = mixup_fn(samples, targets)
+            last = micro == count - 1
+            with autocast(device, amp_dtype):
+                loss = criterion(model(samples), targets)
+            step_loss = step_loss + loss.detach()
+            loss = loss / count
+            sync = ddp_model.no_sync() if ddp_model is not None and not last else nullcontext()
+            with sync:
+                if loss_scaler is not None:
+                    loss_scaler(loss, optimizer, clip_grad=max_norm, parameters=parameters, need_update=last)
+                else:
+                    loss.backward()
+            if last and loss_scaler is None:
+                if max_norm:
+                    dispatch_clip_grad(parameters, max_norm)
+                optimizer.step()
         if model_ema is not None:
             model_ema.update(model)
+        pending.append(step, step_loss / count)
 
-        metric_logger.update(loss=loss_value, lr=optimizer.param_groups[0]['lr'])
-    metric_logger.synchronize_between_processes()
-    utils.logger.info(f'Averaged stats: {metric_logger}')
-    return {name: meter.global_avg for name, meter in metric_logger.meters.items()}
+        done = step + 1
+        stopping = stop is not None and stop.agreed()
+        saving = save is not None and (stopping or (checkpoint_interval and done % checkpoint_interval == 0
+                                                    and done < steps.steps))
+        if saving or index % print_freq == 0 or done == steps.steps:
+            pending.flush(metric_logger, lr)  # before log_every prints, and before anything is written
+        if saving:
+            save(done, meter_states(metric_logger))
+        if stopping:
+            stopped = True
+            break
+    if not stopped:
+        metric_logger.synchronize_between_processes()
+        utils.logger.info(f'Averaged stats: {metric_logger}')
+    return {name: meter.global_avg for name, meter in metric_logger.meters.items()}, stopped
 
 
 @torch.no_grad()
@@ -80,6 +236,7 @@ def evaluate(
         model: torch.nn.Module,
         device: torch.device,
         amp_dtype: Optional[torch.dtype] = None,
+        channels_last: bool = False,
 ) -> Dict[str, float]:
     criterion = torch.nn.CrossEntropyLoss()
     metric_logger = utils.MetricLogger()
@@ -87,6 +244,8 @@ def evaluate(
     for images, targets in metric_logger.log_every(data_loader, 10, 'Test:'):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
             output = model(images)
             loss = criterion(output, targets)

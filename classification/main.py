@@ -6,18 +6,23 @@
     python main.py --model scalable_vit_small --data-path PATH --batch-size 64 --throughput
 
 Restarting a killed training command resumes from `--output_dir`/checkpoint.pth and ends with the same weights.
+On SIGTERM or SIGUSR1 (a Slurm preemption, `--signal=USR1@90`) every rank finishes its optimizer step, the
+position within the epoch is saved to checkpoint.pth and the command exits with status 75 (`EXIT_STOPPED`);
+the same command then resumes at that step and ends bit-identical to an uninterrupted run.
 """
 import argparse
 import datetime
+import functools
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import timm
 import torch
 import torch.distributed as dist
-from timm.data import Mixup
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -25,10 +30,12 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, ParseKwargs, get_state_dict, random_seed
 
 import scalablevit  # noqa: F401  (registers the models in timm)
+from scalablevit import checkpoint as checkpoint_io
 
 import utils
 from datasets import UnreadableImageError, build_dataset
-from engine import NonFiniteLossError, evaluate, throughput, train_one_epoch
+from engine import NonFiniteLossError, StepMixup, StopRequest, TrainingStopped, evaluate, throughput, train_one_epoch
+from sampler import ResumableSampler, SeededSamples, ignore_stop_signals
 
 DEFAULT_DROP_PATH = {'scalable_vit_small': 0.2, 'scalable_vit_base': 0.5, 'scalable_vit_large': 0.5}
 # Defaults that differ from the DeiT recipe per model family (explicit flags still win): Swin+VSA trains with
@@ -49,6 +56,9 @@ MODEL_RECIPES = {
     'vitaev2_vsa_48m': dict(drop_path=0.2),
 }
 AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'none': None}
+# the exit status after a stop signal (SIGTERM, SIGUSR1) once the checkpoint is written: sysexits' EX_TEMPFAIL,
+# 'temporary failure, try again': rerunning the same command resumes where it stopped
+EXIT_STOPPED = 75
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -139,21 +149,43 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--dist_url', default='env://')
     parser.add_argument('--local_rank', '--local-rank', default=None, type=int,
                         help='set by `torch.distributed.launch` without --use_env')
+
+    # clusters: accumulation, preemption, fine-tuning, GPU speed
+    parser.add_argument('--grad-accum-steps', type=int, default=1, metavar='K',
+                        help='micro-batches per optimizer step: the global batch (which scales the lr) is '
+                             '--batch-size x processes x K')
+    parser.add_argument('--checkpoint-interval', type=int, default=0, metavar='N',
+                        help='also write checkpoint.pth every N optimizer steps within an epoch (0: at epoch ends '
+                             'and on a stop signal only)')
+    parser.add_argument('--requeue', action='store_true',
+                        help='under Slurm: after a stop signal (SIGTERM, SIGUSR1) has been saved, requeue the job '
+                             '(scontrol requeue $SLURM_JOB_ID)')
+    parser.add_argument('--finetune', default='', metavar='CKPT',
+                        help='start training from the weights of CKPT (EMA weights when present, see --use-ema); a '
+                             'classifier of another class count is re-initialised. Ignored when resuming')
+    parser.add_argument('--layer-decay', type=float, default=None, metavar='RATE',
+                        help="layer-wise lr decay (timm's, by the model's group_matcher), e.g. 0.75 for fine-tuning")
+    parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
+                        help='torch.compile the model (default backend: inductor)')
+    parser.add_argument('--channels-last', action='store_true', help='train and evaluate in channels-last layout')
     return parser
 
 
 def build_train_loader(args, dataset) -> tuple:
-    """DeiT's sampling: repeated augmentation across ranks when distributed, plain shuffling otherwise."""
+    """DeiT's sampling (repeated augmentation across ranks when distributed, plain shuffling otherwise), in an
+    order fixed by (seed, epoch) and with per-sample augmentation seeds (`sampler.py`), so that an epoch can
+    resume at any step. The loader's own seed comes from a private generator, not the global stream."""
     world_size, rank = utils.get_world_size(), utils.get_rank()
     if args.distributed and args.repeated_aug:
-        sampler = RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True)
-    elif args.distributed:
-        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True)
+        order = RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True)
     else:
-        sampler = torch.utils.data.RandomSampler(dataset)
+        order = torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                                    seed=args.seed)
+    sampler = ResumableSampler(order, args.seed, rank)
     loader = torch.utils.data.DataLoader(
-        dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
-        pin_memory=args.pin_mem, drop_last=True)
+        SeededSamples(dataset), sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
+        pin_memory=args.pin_mem, drop_last=True, worker_init_fn=ignore_stop_signals,
+        generator=torch.Generator().manual_seed(args.seed))
     return sampler, loader
 
 
@@ -197,6 +229,75 @@ def restore_training_state(checkpoint, source, optimizer, lr_scheduler, model_em
     return start_epoch, checkpoint.get('max_accuracy', 0.0)
 
 
+def load_finetune_weights(model: torch.nn.Module, path: str, use_ema: Optional[bool]) -> None:
+    """DeiT's --finetune: the weights of `path` (by the package's checkpoint policy: EMA weights when present,
+    unless --no-use-ema) into a model for another class count and/or input size. Classifier tensors of another
+    shape keep their fresh initialisation and buffers the checkpoint lacks keep the model's; anything else that
+    does not fit is an error that names the tensors. What was not loaded is logged."""
+    checkpoint = utils.load_checkpoint_file(path)
+    try:
+        state_dict, chosen = checkpoint_io.select_state_dict(checkpoint, use_ema)
+    except ValueError as e:
+        raise utils.UserInputError(f'--finetune {path}: {e}') from None
+    classifier = model.pretrained_cfg.get('classifier', 'head') + '.'
+    model_state = model.state_dict()
+    buffers = {name for name, _ in model.named_buffers()}
+    shape_errors, missing, unexpected = checkpoint_io.compare_state_dict(state_dict, model)
+    reinitialised = sorted(k for k in state_dict if k in model_state and k.startswith(classifier)
+                           and state_dict[k].shape != model_state[k].shape)
+    shape_errors = [e for e in shape_errors if e.split(':')[0] not in reinitialised]
+    kept_buffers = [k for k in missing if k in buffers]
+    missing = [k for k in missing if k not in buffers]
+    if shape_errors or missing or unexpected:
+        raise utils.UserInputError(
+            f'--finetune {path} does not fit --model {model.pretrained_cfg["architecture"]} (only the classifier '
+            f'{classifier[:-1]} may differ):\n{checkpoint_io.describe_mismatch(shape_errors, missing, unexpected)}')
+    model.load_state_dict({k: v for k, v in state_dict.items() if k not in reinitialised}, strict=False)
+    utils.logger.info(f'Fine-tuning from the {chosen!r} weights of {path}: loaded {len(state_dict) - len(reinitialised)} '
+                      f'tensors; not loaded: {reinitialised or "none"} (re-initialised: another class count)'
+                      + (f', {kept_buffers} (the model\'s buffers)' if kept_buffers else ''))
+
+
+def mid_epoch_position(checkpoint: dict, args: argparse.Namespace, source: str) -> Tuple[int, Optional[dict]]:
+    """(optimizer steps already done in epoch `args.start_epoch`, this rank's meters of that epoch) of a
+    checkpoint written mid-epoch; (0, None) for one written at an epoch end. The position means the same
+    samples only for the same number of processes, batch size and accumulation."""
+    position = checkpoint.get('mid_epoch')
+    if not position:
+        return 0, None
+    layout = {'world_size': utils.get_world_size(), 'batch_size': args.batch_size,
+              'grad_accum_steps': args.grad_accum_steps}
+    saved = {key: position[key] for key in layout}
+    if saved != layout:
+        raise utils.UserInputError(
+            f'{source} was written in the middle of epoch {position["epoch"]} by a run with {saved}; this run has '
+            f'{layout}. Resume it with the same processes, --batch-size and --grad-accum-steps (or resume from a '
+            f'checkpoint written at an epoch end).')
+    return position['step'], position['meters'][utils.get_rank()]
+
+
+def gather_from_ranks(value):
+    """Every rank's `value`, in rank order (a collective when distributed)."""
+    if not utils.is_dist_avail_and_initialized():
+        return [value]
+    values = [None] * utils.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def requeue_slurm_job() -> None:
+    """`scontrol requeue $SLURM_JOB_ID`: Slurm starts the same job script again, which resumes."""
+    job = os.environ.get('SLURM_JOB_ID')
+    if job is None:
+        utils.logger.warning('--requeue: not a Slurm job (no SLURM_JOB_ID), nothing requeued')
+        return
+    result = subprocess.run(['scontrol', 'requeue', job], capture_output=True, text=True)
+    if result.returncode:
+        utils.logger.warning(f'scontrol requeue {job} failed: {result.stderr.strip()}')
+    else:
+        utils.logger.info(f'requeued Slurm job {job}')
+
+
 def mixup_active(args) -> bool:
     return args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
 
@@ -204,6 +305,11 @@ def mixup_active(args) -> bool:
 def validate_args(args) -> None:
     if args.batch_size < 1:
         raise utils.UserInputError('--batch-size must be at least 1')
+    for name in ('grad_accum_steps',):
+        if getattr(args, name) < 1:
+            raise utils.UserInputError(f'--{name.replace("_", "-")} must be at least 1')
+    if args.checkpoint_interval < 0:
+        raise utils.UserInputError('--checkpoint-interval must be 0 (off) or a number of steps')
     if mixup_active(args) and args.mixup_mode == 'batch' and args.batch_size % 2:
         raise utils.UserInputError(f'--batch-size {args.batch_size} must be even for batch-mode mixup/cutmix')
 
@@ -242,13 +348,17 @@ def main(args) -> None:
 
     mixup_fn = None
     if mixup_active(args):
-        mixup_fn = Mixup(
+        mixup_fn = StepMixup(
             mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
             prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
             label_smoothing=args.smoothing, num_classes=num_classes)
 
     utils.logger.info(f'Creating model: {args.model}')
     model = create_classifier(args, num_classes).to(device)
+    if args.finetune and not resume:
+        load_finetune_weights(model, args.finetune, args.use_ema)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
     model_without_ddp = model
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     utils.logger.info(f'number of params: {n_parameters}')
@@ -260,10 +370,18 @@ def main(args) -> None:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[args.local_rank] if device.type == 'cuda' else None)
         model_without_ddp = model.module
+    ddp_model = model if args.distributed else None
+    if args.torchcompile:
+        model = torch.compile(model, backend=args.torchcompile)  # after DDP, as timm
 
-    args.lr = args.lr * args.batch_size * utils.get_world_size() / 512.0
+    global_batch = args.batch_size * utils.get_world_size() * args.grad_accum_steps
+    utils.logger.info(f'lr {args.lr:g} per 512 images x global batch {global_batch} ({args.batch_size} per process x '
+                      f'{utils.get_world_size()} processes x {args.grad_accum_steps} accumulation steps) = '
+                      f'{args.lr * global_batch / 512.0:g}')
+    args.lr = args.lr * global_batch / 512.0
     optimizer = create_optimizer_v2(
         model_without_ddp, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
+        layer_decay=args.layer_decay,
         **({'eps': args.opt_eps} if args.opt_eps is not None else {}),
         **({'betas': tuple(args.opt_betas)} if args.opt_betas else {}))
     loss_scaler = NativeScaler() if amp_dtype == torch.float16 else None
@@ -288,6 +406,7 @@ def main(args) -> None:
     if not resume and output_dir is not None and (output_dir / 'checkpoint.pth').exists():
         resume = str(output_dir / 'checkpoint.pth')
     max_accuracy = 0.0
+    start_step, epoch_meters = 0, None
     if resume:
         checkpoint = utils.load_checkpoint_file(resume)
         evaluating = args.eval or args.throughput
@@ -300,61 +419,103 @@ def main(args) -> None:
         if resuming:
             args.start_epoch, max_accuracy = restore_training_state(
                 checkpoint, resume, optimizer, lr_scheduler, model_ema, loss_scaler)
-            utils.logger.info(f'Resuming training at epoch {args.start_epoch}')
+            start_step, epoch_meters = mid_epoch_position(checkpoint, args, resume)
+            utils.logger.info(f'Resuming training at epoch {args.start_epoch}'
+                              + (f', step {start_step}' if start_step else ''))
 
     if args.throughput:
         throughput(loader_val, model_without_ddp, device, amp_dtype, args.throughput_warmup, args.throughput_iters)
         return
     if args.eval:
-        test_stats = evaluate(loader_val, model, device, amp_dtype)
+        test_stats = evaluate(loader_val, model, device, amp_dtype, args.channels_last)
         utils.logger.info(f'Accuracy of the network on the {len(dataset_val)} test images: '
                           f'{test_stats["acc1"]:.1f}%')
         return
 
     if output_dir is not None and utils.is_main_process():
         utils.truncate_log(output_dir, args.start_epoch)
+    def training_checkpoint(last_finished_epoch: int, mid_epoch: Optional[dict] = None) -> Optional[dict]:
+        """The checkpoint dict on rank 0 (None elsewhere), with every rank's RNG states (and, mid-epoch, every
+        rank's meters): a collective, called by every rank at the same point."""
+        rng_states = gather_from_ranks(utils.capture_rng_state())
+        if mid_epoch is not None:
+            mid_epoch = dict(mid_epoch, meters=gather_from_ranks(mid_epoch['meters']))
+        if output_dir is None or not utils.is_main_process():
+            return None
+        return {
+            'model': model_without_ddp.state_dict(),
+            'optimizer': optimizer.state_dict(),
+            'lr_scheduler': lr_scheduler.state_dict(),
+            'epoch': last_finished_epoch,
+            'model_ema': get_state_dict(model_ema) if model_ema is not None else None,
+            'scaler': loss_scaler.state_dict() if loss_scaler is not None else None,
+            'max_accuracy': max_accuracy,
+            'rng': rng_states,
+            'mid_epoch': mid_epoch,
+            'args': vars(args),
+        }
+
+    def save_mid_epoch(epoch: int, steps_done: int, meters: dict) -> None:
+        """checkpoint.pth after `steps_done` optimizer steps of `epoch` (the ranks wait for the write)."""
+        checkpoint = training_checkpoint(epoch - 1, dict(
+            epoch=epoch, step=steps_done, meters=meters, world_size=utils.get_world_size(),
+            batch_size=args.batch_size, grad_accum_steps=args.grad_accum_steps))
+        if checkpoint is not None:
+            utils.atomic_save(checkpoint, output_dir / 'checkpoint.pth')
+            utils.logger.info(f'saved {output_dir / "checkpoint.pth"} at epoch {epoch}, step {steps_done}')
+        if args.distributed:
+            dist.barrier()
+
+    def stop_after_save(where: str) -> None:
+        if output_dir is None:
+            utils.logger.warning('stopping on a signal without --output_dir: nothing was saved')
+        if args.requeue and utils.is_main_process():
+            requeue_slurm_job()
+        raise TrainingStopped(f'stopped by signal {stop.signal or "(on another rank)"} {where}; rerun the same '
+                              f'command to resume from {output_dir / "checkpoint.pth" if output_dir else "nothing"}')
+
     utils.logger.info(f'Start training for {args.epochs} epochs')
     start_time = time.time()
-    for epoch in range(args.start_epoch, args.epochs):
-        if args.distributed:
-            sampler_train.set_epoch(epoch)
-        train_stats = train_one_epoch(
-            model, criterion, loader_train, optimizer, device, epoch, loss_scaler, amp_dtype,
-            args.clip_grad or None, model_ema, mixup_fn)
-        lr_scheduler.step(epoch + 1)
-        test_stats = evaluate(loader_val, model, device, amp_dtype)
-        utils.logger.info(f'Accuracy of the network on the {len(dataset_val)} test images: '
-                          f'{test_stats["acc1"]:.1f}%')
-        is_best = test_stats['acc1'] > max_accuracy
-        max_accuracy = max(max_accuracy, test_stats['acc1'])
-        utils.logger.info(f'Max accuracy: {max_accuracy:.2f}%')
-        if dataset_train.num_skipped:
-            utils.logger.info(f'skipped {dataset_train.num_skipped} unreadable training images so far')
+    stop = StopRequest()
+    try:
+        for epoch in range(args.start_epoch, args.epochs):
+            first_step = start_step if epoch == args.start_epoch else 0
+            sampler_train.set_epoch(epoch, start=first_step * args.grad_accum_steps * args.batch_size)
+            train_stats, stopped = train_one_epoch(
+                model, criterion, loader_train, optimizer, device, epoch, loss_scaler, amp_dtype,
+                args.clip_grad or None, model_ema, mixup_fn, accum_steps=args.grad_accum_steps,
+                start_step=first_step, meters=epoch_meters if first_step else None,
+                channels_last=args.channels_last, stop=stop, checkpoint_interval=args.checkpoint_interval,
+                save=functools.partial(save_mid_epoch, epoch) if output_dir is not None else None,
+                ddp_model=ddp_model)
+            if stopped:
+                stop_after_save(f'in epoch {epoch}')
+            lr_scheduler.step(epoch + 1)
+            test_stats = evaluate(loader_val, model, device, amp_dtype, args.channels_last)
+            utils.logger.info(f'Accuracy of the network on the {len(dataset_val)} test images: '
+                              f'{test_stats["acc1"]:.1f}%')
+            is_best = test_stats['acc1'] > max_accuracy
+            max_accuracy = max(max_accuracy, test_stats['acc1'])
+            utils.logger.info(f'Max accuracy: {max_accuracy:.2f}%')
+            if dataset_train.num_skipped:
+                utils.logger.info(f'skipped {dataset_train.num_skipped} unreadable training images so far')
 
-        # Every rank's RNG state goes into the checkpoint, so a resumed run continues each stream exactly.
-        rng_states = [utils.capture_rng_state()]
-        if args.distributed:
-            rng_states = [None] * utils.get_world_size()
-            dist.all_gather_object(rng_states, utils.capture_rng_state())
-        if output_dir is not None and utils.is_main_process():
-            utils.append_log(output_dir, {**{f'train_{k}': v for k, v in train_stats.items()},
-                                          **{f'test_{k}': v for k, v in test_stats.items()},
-                                          'epoch': epoch, 'n_parameters': n_parameters})
-            checkpoint = {
-                'model': model_without_ddp.state_dict(),
-                'optimizer': optimizer.state_dict(),
-                'lr_scheduler': lr_scheduler.state_dict(),
-                'epoch': epoch,
-                'model_ema': get_state_dict(model_ema) if model_ema is not None else None,
-                'scaler': loss_scaler.state_dict() if loss_scaler is not None else None,
-                'max_accuracy': max_accuracy,
-                'rng': rng_states,
-                'args': vars(args),
-            }
-            # best first: a kill between the two writes re-runs this epoch, which rewrites the same best
-            if is_best:
-                utils.atomic_save(checkpoint, output_dir / 'checkpoint_best.pth')
-            utils.atomic_save(checkpoint, output_dir / 'checkpoint.pth')
+            # Every rank's RNG state goes into the checkpoint, so a resumed run continues each stream exactly.
+            checkpoint = training_checkpoint(epoch)
+            if checkpoint is not None:
+                utils.append_log(output_dir, {**{f'train_{k}': v for k, v in train_stats.items()},
+                                              **{f'test_{k}': v for k, v in test_stats.items()},
+                                              'epoch': epoch, 'n_parameters': n_parameters})
+                # best first: a kill between the two writes re-runs this epoch, which rewrites the same best
+                if is_best:
+                    utils.atomic_save(checkpoint, output_dir / 'checkpoint_best.pth')
+                utils.atomic_save(checkpoint, output_dir / 'checkpoint.pth')
+            if epoch + 1 < args.epochs and stop.agreed():
+                if args.distributed:
+                    dist.barrier()  # rank 0's write is complete before any rank exits
+                stop_after_save(f'after epoch {epoch}')
+    finally:
+        stop.close()
 
     total_time = datetime.timedelta(seconds=int(time.time() - start_time))
     utils.logger.info(f'Training time {total_time}')
@@ -370,6 +531,9 @@ if __name__ == '__main__':
     except NonFiniteLossError as error:
         print(f'error: {error}', file=sys.stderr, flush=True)
         sys.exit(3)
+    except TrainingStopped as stopped:
+        print(str(stopped), file=sys.stderr, flush=True)
+        sys.exit(EXIT_STOPPED)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
