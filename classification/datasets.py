@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision.datasets import ImageFolder
@@ -18,8 +19,37 @@ class UnreadableImageError(RuntimeError):
     """An image file that PIL cannot decode (one-argument constructor, so DataLoader workers re-raise it)."""
 
 
+def to_rgb(image: Image.Image, path: str = 'image') -> Image.Image:
+    """`image` as 8-bit RGB, its values mapped by the range of its mode rather than clipped at 255:
+
+    * 16-bit grey ('I;16', 'I;16B', 'I;16L') maps 0..65535 to 0..255; so does 32-bit integer grey ('I', where
+      16-bit files also land) when its values fit in 0..65535, otherwise its own minimum..maximum;
+    * float grey ('F') maps 0..1 to 0..255 when its values lie there, keeps 0..255 values, otherwise maps its
+      own minimum..maximum; NaN or infinite pixels make the image unreadable;
+    * 48-bit RGB arrives from PIL as 8-bit RGB (the high byte of each channel); grey, palette (with its
+      transparency), alpha (dropped) and CMYK modes convert through PIL.
+    """
+    mode = image.mode
+    if mode.startswith('I;16') or mode in ('I', 'F'):
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise UnreadableImageError(f'image {path} ({mode}) has NaN or infinite pixels. Replace or delete the '
+                                       f'file, or pass --skip-bad-images to skip unreadable files.')
+        low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+        if mode.startswith('I;16') or (mode == 'I' and low >= 0 and high <= 65535):
+            values = values * (255 / 65535)
+        elif mode == 'F' and low >= 0 and high <= 1:
+            values = values * 255
+        elif not (mode == 'F' and low >= 0 and high <= 255):
+            values = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+        image = Image.fromarray(np.round(values).astype(np.uint8), 'L')
+    elif mode == 'P' and 'transparency' in image.info:
+        image = image.convert('RGBA')
+    return image.convert('RGB')
+
+
 def load_rgb(path: str) -> Image.Image:
-    """Open an image as RGB; grayscale, palette, RGBA (alpha dropped) and CMYK are converted."""
+    """Open an image as 8-bit RGB (`to_rgb`: high-bit-depth, grey, palette, alpha and CMYK modes converted)."""
     try:
         with open(path, 'rb') as f:
             image = Image.open(f)
@@ -28,7 +58,7 @@ def load_rgb(path: str) -> Image.Image:
         raise UnreadableImageError(
             f'cannot read image {path} ({e}). Replace or delete the file, or pass --skip-bad-images '
             f'to skip unreadable files.') from e
-    return image.convert('RGB')
+    return to_rgb(image, path)
 
 
 class CheckedImageFolder(ImageFolder):
@@ -53,7 +83,7 @@ class CheckedImageFolder(ImageFolder):
                     raise
                 with self._skipped.get_lock():
                     self._skipped.value += 1
-                warnings.warn(f'skipped an unreadable image: {e.__cause__} '
+                warnings.warn(f'skipped an unreadable image: {e.__cause__ or e} '
                               f'({self.samples[(index + attempt) % len(self.samples)][0]})')
         raise UnreadableImageError(f'no readable image in {self.root}')
 

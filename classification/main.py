@@ -132,7 +132,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--output_dir', default='', help='where to save checkpoints and log.txt')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--seed', default=0, type=int)
-    parser.add_argument('--resume', default='', help='checkpoint to resume or evaluate')
+    parser.add_argument('--resume', default='', help='checkpoint (or a folder holding checkpoint.pth) to resume or '
+                                                     'evaluate; training resumes from --output_dir by itself')
+    parser.add_argument('--override-resume', action='store_true',
+                        help='resume although flags that cannot change mid-run (model, optimizer, schedule length, '
+                             'batch size) differ from the checkpoint\'s: the new values apply')
     parser.add_argument('--start_epoch', default=0, type=int, metavar='N')
     parser.add_argument('--eval', action='store_true', help='evaluate only')
     parser.add_argument('--use-ema', action=argparse.BooleanOptionalAction, default=None,
@@ -210,10 +214,21 @@ def create_classifier(args, num_classes: int) -> torch.nn.Module:
                              drop_path_rate=drop_path, **args.model_kwargs)
 
 
-def restore_training_state(checkpoint, source, optimizer, lr_scheduler, model_ema, loss_scaler) -> tuple:
-    """Restore optimizer, scheduler, EMA, scaler and RNG states; return (start epoch, best accuracy so far)."""
-    optimizer.load_state_dict(checkpoint['optimizer'])
-    lr_scheduler.load_state_dict(checkpoint['lr_scheduler'])
+def restore_training_state(checkpoint, source, optimizer, lr_scheduler, model_ema, loss_scaler,
+                           keep_optimizer_state: bool = True, keep_schedule: bool = True) -> tuple:
+    """Restore optimizer, scheduler, EMA, scaler and RNG states; return (start epoch, best accuracy so far).
+
+    The optimizer's hyperparameters (lr, weight decay, betas, ...) stay those of this command line; its state
+    is restored unless `keep_optimizer_state` is False (another optimizer type), and the scheduler's unless
+    `keep_schedule` is False (a changed schedule: this command line's applies from the next epoch)."""
+    if keep_optimizer_state:
+        utils.check_finite({'optimizer': checkpoint['optimizer']}, f'checkpoint {source}', 'optimizer state')
+        hyperparameters = [{k: v for k, v in group.items() if k != 'params'} for group in optimizer.param_groups]
+        optimizer.load_state_dict(checkpoint['optimizer'])
+        for group, values in zip(optimizer.param_groups, hyperparameters):
+            group.update(values)
+    if keep_schedule:
+        lr_scheduler.load_state_dict(checkpoint['lr_scheduler'])
     if model_ema is not None and checkpoint.get('model_ema') is not None:
         utils.load_model_weights(model_ema.module, {'model_ema': checkpoint['model_ema']}, source, use_ema=True)
     if loss_scaler is not None and checkpoint.get('scaler') is not None:
@@ -227,6 +242,85 @@ def restore_training_state(checkpoint, source, optimizer, lr_scheduler, model_em
     start_epoch = checkpoint['epoch'] + 1
     lr_scheduler.step(start_epoch)  # the learning rate the uninterrupted run would use next
     return start_epoch, checkpoint.get('max_accuracy', 0.0)
+
+
+# What a resumed command line may change. Flags that define the run are refused unless --override-resume; a
+# changed schedule flag replaces the saved schedule by this command line's (from the next epoch on); a changed
+# model or optimizer type leaves the saved optimizer state unusable; everything else applies as given.
+FIXED_ON_RESUME = ('model', 'model_kwargs', 'opt', 'layer_decay', 'sched', 'epochs', 'warmup_epochs',
+                   'cooldown_epochs', 'decay_epochs', 'batch_size', 'grad_accum_steps', 'global_batch_size')
+SCHEDULE_FLAGS = ('sched', 'epochs', 'lr', 'warmup_lr', 'min_lr', 'warmup_epochs', 'cooldown_epochs',
+                  'decay_epochs', 'decay_rate', 'patience_epochs', 'lr_noise', 'lr_noise_pct', 'lr_noise_std')
+OPTIMIZER_TYPE_FLAGS = ('model', 'model_kwargs', 'opt', 'layer_decay')
+NOT_APPLIED_ON_RESUME = {'seed': 'not applied: the random streams continue from the checkpoint'}
+# where and how the run executes, not what it computes: never compared
+RUN_ENVIRONMENT = ('resume', 'override_resume', 'start_epoch', 'eval', 'use_ema', 'throughput', 'throughput_warmup',
+                   'throughput_iters', 'output_dir', 'data_path', 'device', 'num_workers', 'pin_mem', 'dist_url',
+                   'dist_eval', 'local_rank', 'rank', 'world_size', 'gpu', 'distributed', 'dist_backend',
+                   'skip_bad_images', 'checkpoint_interval', 'requeue', 'finetune', 'torchcompile', 'channels_last')
+
+
+def resume_changes(args: argparse.Namespace, checkpoint: dict, source: str, start_epoch: int) -> set:
+    """Compare this command line with the one that wrote the checkpoint (its 'args'): every flag that differs
+    is logged with what happens to it, and flags that cannot change mid-run (`FIXED_ON_RESUME`) are a
+    UserInputError unless --override-resume. Returns the names of the differing flags."""
+    saved = checkpoint.get('args')
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
+    if not isinstance(saved, dict):
+        utils.logger.warning(f'{source} records no command line: the flags of this run cannot be checked against '
+                             f'the one that wrote it')
+        return set()
+    current = dict(vars(args), global_batch_size=args.batch_size * utils.get_world_size() * args.grad_accum_steps)
+    saved = dict(saved, global_batch_size=saved.get('batch_size', 0) * saved.get('world_size', 1)
+                 * saved.get('grad_accum_steps', 1))
+    changed = sorted(k for k in current if k in saved and k not in RUN_ENVIRONMENT and current[k] != saved[k])
+    if not changed:
+        return set()
+    options = {action.dest: action.option_strings[0] for action in get_args_parser()._actions
+               if action.option_strings}
+    options.update(global_batch_size='global batch size (--batch-size x processes x --grad-accum-steps)',
+                   lr='--lr (scaled to the global batch)')
+
+    def describe(key: str, effect: str) -> str:
+        return f'  {options.get(key, key)}: {current[key]!r} (checkpoint: {saved[key]!r}){effect}'
+
+    fixed = [k for k in changed if k in FIXED_ON_RESUME]
+    if fixed and not args.override_resume:
+        raise utils.UserInputError(
+            f'{source} was written by a run with other settings that cannot change mid-run:\n'
+            + '\n'.join(describe(k, '') for k in fixed)
+            + '\nResume with the checkpoint\'s values, or pass --override-resume to apply the new ones from '
+              f'epoch {start_epoch} on (another --opt or model starts from a fresh optimizer state).')
+    lines = []
+    for key in changed:
+        if key in NOT_APPLIED_ON_RESUME:
+            effect = NOT_APPLIED_ON_RESUME[key]
+        elif key in OPTIMIZER_TYPE_FLAGS:
+            effect = 'applied: the optimizer state starts afresh'
+        elif key in SCHEDULE_FLAGS:
+            effect = f'applied: this command line\'s learning-rate schedule from epoch {start_epoch} on'
+        else:
+            effect = 'applied'
+        lines.append(describe(key, f' -> {effect}'))
+    utils.logger.warning(f'resuming {source}: flags that differ from the checkpoint\'s:\n' + '\n'.join(lines))
+    return set(changed)
+
+
+def resolve_resume(args: argparse.Namespace, output_dir: Optional[Path]) -> str:
+    """The checkpoint to start from: --resume (a folder means its checkpoint.pth), else
+    --output_dir/checkpoint.pth when it exists (restarting a training command resumes it), else ''."""
+    if args.resume:
+        if not Path(args.resume).is_dir():
+            return args.resume
+        candidate = Path(args.resume) / 'checkpoint.pth'
+        if candidate.is_file():
+            return str(candidate)
+        found = sorted(p.name for p in Path(args.resume).glob('*.pth'))
+        raise utils.UserInputError(f'--resume {args.resume} is a folder without checkpoint.pth'
+                                   + (f'; it holds {found[:5]}: pass one of them' if found else ''))
+    if output_dir is not None and (output_dir / 'checkpoint.pth').exists():
+        return str(output_dir / 'checkpoint.pth')
+    return ''
 
 
 def load_finetune_weights(model: torch.nn.Module, path: str, use_ema: Optional[bool]) -> None:
@@ -329,6 +423,15 @@ def main(args) -> None:
         torch.backends.cudnn.benchmark = True
     amp_dtype = AMP_DTYPES[args.amp_dtype] if device.type == 'cuda' else None
     random_seed(args.seed, utils.get_rank())
+    evaluating = args.eval or args.throughput
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir is not None and not evaluating and utils.is_main_process():
+        # one run per folder, checked writable before anything is computed (stale temporaries go here too)
+        utils.lock_output_dir(output_dir)
+    resume = resolve_resume(args, output_dir)
+    if args.eval and not resume:
+        raise utils.UserInputError('--eval needs the checkpoint to evaluate: pass --resume CHECKPOINT (or an '
+                                   '--output_dir holding checkpoint.pth)')
 
     dataset_val, num_classes = build_dataset(is_train=False, args=args)
     dataset_train = None
@@ -397,28 +500,25 @@ def main(args) -> None:
     else:
         criterion = torch.nn.CrossEntropyLoss()
 
-    output_dir = Path(args.output_dir) if args.output_dir else None
-    if output_dir is not None and utils.is_main_process():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        utils.remove_stale_temporaries(output_dir)
-
-    resume = args.resume
-    if not resume and output_dir is not None and (output_dir / 'checkpoint.pth').exists():
-        resume = str(output_dir / 'checkpoint.pth')
     max_accuracy = 0.0
     start_step, epoch_meters = 0, None
     if resume:
         checkpoint = utils.load_checkpoint_file(resume)
-        evaluating = args.eval or args.throughput
         resuming = not evaluating and all(k in checkpoint for k in ('optimizer', 'lr_scheduler', 'epoch'))
+        changes = resume_changes(args, checkpoint, resume, checkpoint['epoch'] + 1) if resuming else set()
         # evaluation follows the checkpoint policy (EMA when present, unless --no-use-ema); resuming training
         # restores the raw weights here and the EMA weights into the EMA
         chosen = utils.load_model_weights(model_without_ddp, checkpoint, resume,
                                           use_ema=args.use_ema if evaluating else False)
         utils.logger.info(f'Loaded the {chosen!r} weights of {resume}')
         if resuming:
+            if model_ema is not None and checkpoint.get('model_ema') is None:
+                utils.logger.warning(f'{resume} has no EMA weights: the EMA starts from its model weights')
+                model_ema.set(model_without_ddp)
             args.start_epoch, max_accuracy = restore_training_state(
-                checkpoint, resume, optimizer, lr_scheduler, model_ema, loss_scaler)
+                checkpoint, resume, optimizer, lr_scheduler, model_ema, loss_scaler,
+                keep_optimizer_state=not changes & set(OPTIMIZER_TYPE_FLAGS),
+                keep_schedule=not changes & set(SCHEDULE_FLAGS))
             start_step, epoch_meters = mid_epoch_position(checkpoint, args, resume)
             utils.logger.info(f'Resuming training at epoch {args.start_epoch}'
                               + (f', step {start_step}' if start_step else ''))

@@ -9,7 +9,7 @@ import sys
 import time
 from collections import defaultdict, deque
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ import torch.distributed as dist
 from timm.utils import init_distributed_device
 
 from scalablevit import checkpoint as checkpoint_io
+from scalablevit import run_folder
 from scalablevit.distributed import set_slurm_rendezvous
 
 logger = logging.getLogger('classification')
@@ -172,26 +173,11 @@ def init_distributed(args: argparse.Namespace) -> torch.device:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+    """Write a checkpoint crash-safely, with its tensor digests (`scalablevit.checkpoint.save_checkpoint`).
 
     A crash at any moment leaves either the previous file or the new one, never a truncated one.
     """
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    checkpoint_io.save_checkpoint(obj, path)
 
 
 def atomic_write_text(text: str, path: Path) -> None:
@@ -204,16 +190,30 @@ def atomic_write_text(text: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def remove_stale_temporaries(output_dir: Path) -> None:
-    """Delete temporary files a killed run left behind in the output folder."""
-    for tmp in Path(output_dir).glob('.*.tmp-*'):
-        tmp.unlink()
+def lock_output_dir(output_dir: Path) -> run_folder.RunFolderLock:
+    """Take `--output_dir` for this run (one run per folder), after checking that it and log.txt are writable;
+    removes the temporary files of writes a killed run left behind. A UserInputError names the run that
+    holds the folder, or what is not writable."""
+    try:
+        return run_folder.lock_run_folder(output_dir, files_to_append=('log.txt',))
+    except run_folder.RunFolderError as e:
+        raise UserInputError(str(e)) from None
 
 
 def load_checkpoint_file(path: str) -> Dict[str, Any]:
+    """The checkpoint policy's reader (digests checked); a missing, unreadable or altered file is a
+    UserInputError naming it."""
     try:
         return checkpoint_io.load_checkpoint_file(path)
     except (FileNotFoundError, ValueError) as e:
+        raise UserInputError(str(e)) from None
+
+
+def check_finite(tensors: Dict[str, Any], source: str, what: str) -> None:
+    """A UserInputError naming the first tensors with NaN or infinite values (`scalablevit.checkpoint`)."""
+    try:
+        checkpoint_io.check_finite(tensors, source, what)
+    except checkpoint_io.CheckpointError as e:
         raise UserInputError(str(e)) from None
 
 
@@ -227,6 +227,7 @@ def load_model_weights(model: torch.nn.Module, checkpoint: Dict[str, Any], sourc
         state_dict, chosen = checkpoint_io.select_state_dict(checkpoint, use_ema)
     except ValueError as e:
         raise UserInputError(f'checkpoint {source}: {e}') from None
+    check_finite(state_dict, f'checkpoint {source}', f'{chosen!r} weights')
     shape_errors, missing, unexpected = checkpoint_io.compare_state_dict(state_dict, model)
     if shape_errors or missing or unexpected:
         kind = 'another variant?' if shape_errors else 'another model?'
@@ -269,11 +270,30 @@ def append_log(output_dir: Path, stats: Dict[str, Any]) -> None:
         f.write(json.dumps(stats) + '\n')
 
 
+def _log_records(log: Path) -> List[tuple]:
+    """(line, record) of each line of log.txt. A torn last line (a run killed while appending it) is dropped
+    with a warning; an unreadable line elsewhere is an error naming the file and the line."""
+    lines = log.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            if number != len(lines):
+                raise UserInputError(f'{log}, line {number}, is not a JSON record: {line[:80]!r}. Remove or '
+                                     f'repair that line.') from None
+            logger.warning(f'{log}: dropped its incomplete last line ({line[:80]!r}: a run was stopped while '
+                           f'writing it)')
+    return records
+
+
 def truncate_log(output_dir: Path, start_epoch: int) -> None:
-    """Drop log lines of epochs that will be trained again (a run killed after logging, before saving)."""
+    """Drop log lines of epochs that will be trained again (a run killed after logging, before saving) and a
+    torn last line."""
     log = Path(output_dir) / 'log.txt'
     if not log.exists():
         return
-    kept = [line for line in log.read_text().splitlines()
-            if line.strip() and json.loads(line).get('epoch', -1) < start_epoch]
+    kept = [line for line, record in _log_records(log) if record.get('epoch', -1) < start_epoch]
     atomic_write_text(''.join(line + '\n' for line in kept), log)

@@ -12,36 +12,170 @@ gives the choice):
 Resuming a training run always restores the raw weights into the model and the EMA weights into the EMA.
 A file holding a plain state dict (no such keys) is taken as it is. `module.` (DDP) and `_orig_mod.`
 (`torch.compile`) prefixes are stripped.
+
+Integrity: every checkpoint this project writes goes through `save_checkpoint` (classification and the
+OpenMMLab runs alike): a temporary file, fsync, then a rename, so a crash leaves the old file or the new one,
+never a truncated one; the file records a digest of every tensor (`DIGEST_KEY`). `load_checkpoint_file` checks
+those digests, so a file altered after it was written is an error naming the tensor; files without digests
+(the released checkpoints, timm's, mmengine's own) load as before. Model weights with NaN or infinite values
+are refused (`check_finite`) wherever weights are loaded.
 """
 import argparse
+import hashlib
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
 
 import torch
 import torch.nn as nn
 
 __all__ = [
-    'RAW_KEYS', 'EMA_KEYS', 'load_checkpoint_file', 'select_state_dict', 'strip_wrapper_prefixes',
-    'load_state_dict', 'pretrained_overlay', 'compare_state_dict', 'describe_mismatch', 'filter_for_model',
+    'RAW_KEYS', 'EMA_KEYS', 'DIGEST_KEY', 'TEMPORARY_PATTERN', 'CheckpointError', 'save_checkpoint',
+    'load_checkpoint_file', 'tensor_digests', 'check_finite', 'select_state_dict', 'strip_wrapper_prefixes',
+    'load_state_dict', 'pretrained_overlay', 'read_pretrained_file', 'compare_state_dict', 'describe_mismatch',
+    'filter_for_model',
 ]
 
 RAW_KEYS = ('model', 'state_dict')  # DeiT / released checkpoints, timm and mmengine
 EMA_KEYS = ('model_ema', 'state_dict_ema')  # DeiT's and timm's EMA copies
 WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+DIGEST_KEY = 'tensor_sha256'  # {tensor path: sha256 of its dtype, shape and bytes}, written by save_checkpoint
+TEMPORARY_PATTERN = '.*.tmp-*'  # save_checkpoint's temporary files (`.NAME.tmp-PID`)
 
 
-def load_checkpoint_file(path: str) -> Dict[str, Any]:
-    """`torch.load(weights_only=True)` on CPU; the argparse.Namespace that released/DeiT checkpoints keep
-    under 'args' is allowed. Raises FileNotFoundError or ValueError with the path in the message."""
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used as it is: unreadable or truncated, altered since it was written,
+    or holding non-finite weights. The message names the file (and the tensor)."""
+
+
+def _tensor_leaves(obj: Any, prefix: str = '') -> Iterator[Tuple[str, Union[torch.Tensor, np.ndarray]]]:
+    """(path, tensor) of every tensor and numeric array nested in dicts, lists and tuples, in order;
+    paths join keys with '.' (e.g. 'optimizer.state.3.exp_avg')."""
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        yield prefix, obj
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _tensor_leaves(value, f'{prefix}.{key}' if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            yield from _tensor_leaves(value, f'{prefix}.{index}' if prefix else str(index))
+
+
+def _digest(value: Union[torch.Tensor, np.ndarray]) -> Optional[str]:
+    if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided:
+            return None
+        value = value.detach()
+        header = f'{value.dtype}{tuple(value.shape)}'
+        data = value.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    else:
+        if value.dtype.hasobject:
+            return None
+        header = f'{value.dtype}{value.shape}'
+        data = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+    digest = hashlib.sha256(header.encode())
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def tensor_digests(checkpoint: Mapping[str, Any]) -> Dict[str, str]:
+    """sha256 of every tensor in a checkpoint dict (the digest record itself excluded), by path."""
+    digests = {}
+    for path, value in _tensor_leaves({k: v for k, v in checkpoint.items() if k != DIGEST_KEY}):
+        digest = _digest(value)
+        if digest is not None:
+            digests[path] = digest
+    return digests
+
+
+def save_checkpoint(checkpoint: Any, path: Union[str, Path]) -> None:
+    """torch.save `checkpoint` atomically, with its tensor digests when it is a dict (`DIGEST_KEY`).
+
+    Written to a temporary file in the same folder (`.NAME.tmp-PID`), fsynced, renamed over `path`, and the
+    folder fsynced: a crash at any moment (kill -9, power loss, a full disk) leaves either the previous file or
+    the new one, never a truncated one. The caller's dict is not modified.
+    """
+    path = Path(path)
+    if isinstance(checkpoint, dict):
+        checkpoint = {**{k: v for k, v in checkpoint.items() if k != DIGEST_KEY},
+                      DIGEST_KEY: tensor_digests(checkpoint)}
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _verify_digests(checkpoint: Dict[str, Any], path: str) -> None:
+    """Every tensor that has a recorded digest must still match it. Tensors removed or added since (a file
+    edited on purpose: optimizer state dropped, EMA weights added) are not an error; strict loading checks the
+    keys a model needs."""
+    recorded = checkpoint.get(DIGEST_KEY)
+    if not isinstance(recorded, dict):
+        raise CheckpointError(f'checkpoint {path}: its digest record ({DIGEST_KEY!r}) is damaged')
+    actual = tensor_digests(checkpoint)
+    changed = [k for k in recorded if k in actual and actual[k] != recorded[k]]
+    if changed:
+        more = f' (and {len(changed) - 3} more)' if len(changed) > 3 else ''
+        raise CheckpointError(
+            f'checkpoint {path} has been altered or damaged since it was written: the values of tensor(s) '
+            f'{", ".join(changed[:3])}{more} differ from the digests recorded when it was written. Use another '
+            f'copy or an earlier checkpoint; a file edited on purpose must be saved without its '
+            f'{DIGEST_KEY!r} entry.')
+
+
+def check_finite(tensors: Mapping[str, Any], source: str, what: str = 'model weights') -> None:
+    """Raise a CheckpointError naming the first tensors of `tensors` (nested dicts/lists allowed) that hold
+    NaN or infinite values: weights like that give NaN losses or meaningless metrics, never a useful run."""
+    bad = []
+    for path, value in _tensor_leaves(tensors):
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.layout == torch.strided:
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                bad.append(f'{path} ({int((~finite).sum())} of {value.numel()} values)')
+        elif isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating) \
+                and not np.isfinite(value).all():
+            bad.append(f'{path} ({int((~np.isfinite(value)).sum())} of {value.size} values)')
+    if bad:
+        more = f' and {len(bad) - 3} more tensors' if len(bad) > 3 else ''
+        raise CheckpointError(f'{source}: NaN or infinite values in the {what}: {", ".join(bad[:3])}{more}. '
+                              f'Use an earlier checkpoint (the run diverged before this one was written).')
+
+
+def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cpu') -> Dict[str, Any]:
+    """`torch.load(weights_only=True)`; the argparse.Namespace that released/DeiT checkpoints keep under
+    'args' is allowed. The tensor digests of a file written by `save_checkpoint` are checked.
+
+    Raises FileNotFoundError (missing file) or CheckpointError (unreadable, truncated, altered, not a dict),
+    with the path in the message."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path} does not exist')
+        raise FileNotFoundError(f'checkpoint {path} does not exist' if not os.path.isdir(path) else
+                                f'checkpoint {path} is a folder, not a checkpoint file')
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f'checkpoint {path} is empty (0 bytes): it was never written completely')
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
-            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as e:
-            raise ValueError(f'cannot read checkpoint {path}: {e}') from e
+            raise CheckpointError(f'cannot read checkpoint {path} (truncated, damaged or not a PyTorch '
+                                  f'checkpoint): {type(e).__name__}: {e}') from e
     if not isinstance(checkpoint, dict):
-        raise ValueError(f'checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict')
+        raise CheckpointError(f'checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict')
+    if DIGEST_KEY in checkpoint:
+        _verify_digests(checkpoint, path)
+        checkpoint = {k: v for k, v in checkpoint.items() if k != DIGEST_KEY}
     return checkpoint
 
 
@@ -80,11 +214,12 @@ def load_state_dict(path: str, use_ema: Optional[bool] = None, prefix: Optional[
 
     `prefix` keeps only the keys under it, without it (e.g. 'backbone.' to take a detector's backbone).
     """
-    state_dict, _ = select_state_dict(load_checkpoint_file(path), use_ema)
+    state_dict, chosen = select_state_dict(load_checkpoint_file(path), use_ema)
     if prefix:
         state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if not state_dict:
             raise ValueError(f'checkpoint {path} has no keys under prefix {prefix!r}')
+    check_finite(state_dict, f'checkpoint {path}', f'{chosen!r} weights')
     return state_dict
 
 
@@ -93,6 +228,18 @@ def pretrained_overlay(path: str, use_ema: Optional[bool] = None) -> Dict[str, A
     `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=pretrained_overlay(path))` then applies the
     model's checkpoint filter and replaces a classifier of another class count, as for released weights."""
     return dict(state_dict=load_state_dict(path, use_ema))
+
+
+def read_pretrained_file(pretrained: bool, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """A family's create-function kwargs with `pretrained_cfg_overlay=dict(file=PATH)` (timm's way to name a
+    local checkpoint) read here, by this policy, instead of by timm's bare `torch.load`: a missing, empty,
+    truncated or foreign file gets this module's messages, and digests and finite weights are checked. The
+    EMA rule is timm's own (EMA weights when present), so the weights chosen do not change."""
+    overlay = kwargs.get('pretrained_cfg_overlay') or {}
+    if not pretrained or not overlay.get('file') or overlay.get('state_dict') is not None:
+        return kwargs
+    weights = pretrained_overlay(str(overlay['file']))
+    return dict(kwargs, pretrained_cfg_overlay=dict({k: v for k, v in overlay.items() if k != 'file'}, **weights))
 
 
 def compare_state_dict(
@@ -142,6 +289,7 @@ def filter_for_model(
         state_dict = strip_wrapper_prefixes(state_dict)
     if isinstance(getattr(model, 'head', None), nn.Identity) or getattr(model, 'num_classes', 1) == 0:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head_prefix)}
+    check_finite(state_dict, 'pretrained checkpoint')
     shape_errors, missing, unexpected = compare_state_dict(state_dict, model, skip_prefix=head_prefix)
     if shape_errors:
         name = model_name or type(model).__name__
