@@ -163,7 +163,8 @@ def test_non_finite_loss_never_reaches_a_checkpoint(data, tmp_path, monkeypatch)
 
 
 def test_mid_epoch_checkpoint_needs_the_same_layout(data, tmp_path, monkeypatch):
-    """A mid-epoch position means the same samples only for the same processes, batch and accumulation."""
+    """A mid-epoch position means the same samples only for the same processes, batch and accumulation: refused
+    even where the other flags may be overridden (--override-resume)."""
     monkeypatch.setattr(cls_main.StopRequest, 'agreed', lambda self: True)  # as if signalled at once
     with pytest.raises(cls_main.TrainingStopped, match='in epoch 0'):
         train_in_process([*TRAINING, '--data-path', str(data), '--output_dir', str(tmp_path), '--epochs', '1',
@@ -172,4 +173,4 @@ def test_mid_epoch_checkpoint_needs_the_same_layout(data, tmp_path, monkeypatch)
     monkeypatch.undo()
     with pytest.raises(cls_utils.UserInputError, match='--batch-size and --grad-accum-steps'):
         train_in_process([*TRAINING, '--data-path', str(data), '--output_dir', str(tmp_path), '--epochs', '1',
-                          '--num_workers', '0', '--grad-accum-steps', '2'])
+                          '--num_workers', '0', '--grad-accum-steps', '2', '--override-resume'])

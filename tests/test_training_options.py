@@ -1,0 +1,126 @@
+"""classification/main.py options for training with fewer GPUs and from pretrained weights: gradient accumulation,
+--finetune (another class count and input size), --layer-decay, --torchcompile and --channels-last."""
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from timm.utils import random_seed
+
+from helpers import ROOT
+
+CLASSIFICATION = ROOT / 'classification'
+sys.path.insert(0, str(CLASSIFICATION))
+
+import main as cls_main  # noqa: E402
+import utils as cls_utils  # noqa: E402
+from make_demo_dataset import make_dataset  # noqa: E402
+
+TINY = ['--model', 'scalable_vit_test', '--input-size', '32', '--device', 'cpu', '--num_workers', '0',
+        '--warmup-epochs', '1', '--lr', '4e-3']
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=16, val_per_class=4,
+                        size=32)
+
+
+def train_in_process(argv):
+    args = argparse.ArgumentParser(parents=[cls_main.get_args_parser()]).parse_args(argv)
+    cls_main.main(args)
+
+
+@pytest.mark.slow
+def test_accumulation_matches_the_large_batch(data, tmp_path, capsys):
+    """8 optimizer steps of 2 x 4 images equal 8 steps of 8 images to float32 rounding (no mixup, no drop path;
+    scalable_vit_test has no BatchNorm; the sample order and augmentations are the same by construction)."""
+    common = [*TINY, '--data-path', str(data), '--epochs', '1', '--mixup', '0', '--cutmix', '0', '--drop-path', '0',
+              '--warmup-epochs', '0']
+    train_in_process([*common, '--batch-size', '8', '--output_dir', str(tmp_path / 'large')])
+    capsys.readouterr()
+    train_in_process([*common, '--batch-size', '4', '--grad-accum-steps', '2', '--output_dir', str(tmp_path / 'acc')])
+    assert 'global batch 8 (4 per process x 1 processes x 2 accumulation steps)' in capsys.readouterr().out
+    large, accumulated = (torch.load(tmp_path / d / 'checkpoint.pth', weights_only=True) for d in ('large', 'acc'))
+    random_seed(0, 0)  # main.py's seeding before it creates the model
+    initial = cls_main.create_classifier(cls_main.parse_args([*common]), 4).state_dict()
+    moved = 0
+    for key, value in large['model'].items():
+        torch.testing.assert_close(accumulated['model'][key], value, rtol=1e-4, atol=2e-6, msg=key)
+        moved += not torch.equal(value, initial[key])
+    assert moved > len(large['model']) // 2  # the weights did train
+
+
+def test_mixup_draws_once_per_optimizer_step():
+    """With accumulation every micro-batch of a step is mixed with the same lambda."""
+    from engine import StepMixup
+    mixup = StepMixup(mixup_alpha=0.8, cutmix_alpha=0.0, num_classes=4, label_smoothing=0.0)
+    lams = []
+    for step in range(3):
+        mixup.next_step()
+        for _ in range(2):
+            x = torch.ones(2, 3, 8, 8)
+            x[1] = 0
+            _, target = mixup(x, torch.tensor([0, 1]))
+            lams.append(round(target[0, 0].item(), 6))
+    assert lams[0] == lams[1] and lams[2] == lams[3] and lams[4] == lams[5] and len(set(lams)) == 3
+
+
+@pytest.fixture(scope='module')
+def pretrained(data, tmp_path_factory) -> Path:
+    """A small trained checkpoint with EMA weights (4 classes, 32 px)."""
+    out = tmp_path_factory.mktemp('pretrained')
+    train_in_process([*TINY, '--data-path', str(data), '--output_dir', str(out), '--epochs', '1', '--batch-size',
+                      '8', '--model-ema', '--model-ema-decay', '0.9'])
+    return out / 'checkpoint.pth'
+
+
+class Captured(Exception):
+    pass
+
+
+def test_finetune_to_other_classes_and_size(pretrained, tmp_path, monkeypatch, capsys):
+    """--finetune into 5 classes at 96 px: every tensor but the last classifier layer equals the checkpoint's EMA
+    weights (the EMA rule), that layer keeps its fresh initialisation, and the log names it; --layer-decay
+    scales the lr of earlier layer groups down."""
+    five = make_dataset(tmp_path / 'five', num_classes=5, train_per_class=4, val_per_class=2, size=96)
+    captured = {}
+
+    def capture(model, criterion, loader, optimizer, *args, **kwargs):
+        captured['state'] = {k: v.clone() for k, v in model.state_dict().items()}
+        captured['lr_scales'] = sorted({group.get('lr_scale', 1.0) for group in optimizer.param_groups})
+        raise Captured
+
+    monkeypatch.setattr(cls_main, 'train_one_epoch', capture)
+    with pytest.raises(Captured):
+        train_in_process([*TINY, '--input-size', '96', '--data-path', str(five), '--batch-size', '4', '--epochs',
+                          '1', '--finetune', str(pretrained), '--layer-decay', '0.75'])
+    log = capsys.readouterr().out
+    assert "Fine-tuning from the 'model_ema' weights" in log
+    assert "not loaded: ['head.3.bias', 'head.3.weight'] (re-initialised: another class count)" in log
+    checkpoint = torch.load(pretrained, weights_only=True)
+    source, state = checkpoint['model_ema'], captured['state']
+    assert state['head.3.weight'].shape == (5, source['head.3.weight'].shape[1])
+    assert not torch.equal(source['head.0.weight'], checkpoint['model']['head.0.weight'])  # EMA: not the raw ones
+    for key, value in source.items():
+        if not key.startswith('head.3.'):
+            assert torch.equal(state[key], value), key
+    assert len(captured['lr_scales']) > 2 and captured['lr_scales'][-1] == 1.0 and captured['lr_scales'][0] < 0.5
+
+
+def test_finetune_refuses_another_variant(pretrained, data):
+    with pytest.raises(cls_utils.UserInputError, match='only the classifier head.3 may differ'):
+        train_in_process([*TINY, '--model-kwargs', 'embed_dims=(16,32,64,96)', '--data-path', str(data),
+                          '--batch-size', '8', '--epochs', '1', '--finetune', str(pretrained)])
+
+
+@pytest.mark.slow
+def test_torchcompile_and_channels_last_train(data, tmp_path, capsys):
+    """--torchcompile (the eager backend: no compiler needed) with --channels-last trains, and the checkpoint
+    holds the plain module's keys."""
+    train_in_process([*TINY, '--data-path', str(data), '--output_dir', str(tmp_path), '--epochs', '1',
+                      '--batch-size', '8', '--torchcompile', 'eager', '--channels-last'])
+    checkpoint = torch.load(tmp_path / 'checkpoint.pth', weights_only=True)
+    assert not any(k.startswith('_orig_mod.') for k in checkpoint['model'])
+    assert '* Acc@1' in capsys.readouterr().out
