@@ -8,7 +8,7 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import create_transform
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -122,7 +122,8 @@ def build_dataset(is_train: bool, args: argparse.Namespace) -> Tuple[CheckedImag
 
 
 def build_transform(is_train: bool, args: argparse.Namespace) -> Callable:
-    """DeiT's transforms: RandAugment, random erasing etc. for training; resize + center crop for eval."""
+    """DeiT's transforms: RandAugment, random erasing etc. for training; resize + center crop for eval (size,
+    crop, interpolations and mean/std resolved from the model's pretrained cfg by main.py)."""
     if is_train:
         return create_transform(
             input_size=args.input_size,
@@ -133,14 +134,14 @@ def build_transform(is_train: bool, args: argparse.Namespace) -> Callable:
             re_prob=args.reprob,
             re_mode=args.remode,
             re_count=args.recount,
-            mean=IMAGENET_DEFAULT_MEAN,
-            std=IMAGENET_DEFAULT_STD,
+            mean=args.mean,
+            std=args.std,
         )
     return create_transform(
         input_size=args.input_size,
         is_training=False,
-        interpolation='bicubic',
+        interpolation=args.interpolation,
         crop_pct=args.eval_crop_ratio,
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
+        mean=args.mean,
+        std=args.std,
     )

@@ -1,4 +1,5 @@
-"""ImageNet training, evaluation and throughput for ScalableViT with the DeiT recipe (the paper's Appendix C).
+"""ImageNet training, evaluation and throughput for every model family of the package, with the DeiT recipe
+(ScalableViT's Appendix C) under each family's own defaults (`TRAIN_RECIPES`, see `scalablevit.family`).
 
     torchrun --nproc_per_node=8 main.py --model scalable_vit_small --batch-size 128 --data-path PATH --dist-eval \
         --drop-path 0.2 --output_dir runs/small
@@ -23,13 +24,14 @@ from typing import List, Optional, Tuple
 import timm
 import torch
 import torch.distributed as dist
+from timm.data import resolve_data_config
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, ParseKwargs, get_state_dict, random_seed
 
-import scalablevit  # noqa: F401  (registers the models in timm)
+import scalablevit  # registers the models in timm
 from scalablevit import checkpoint as checkpoint_io
 
 import utils
@@ -37,24 +39,6 @@ from datasets import UnreadableImageError, build_dataset
 from engine import NonFiniteLossError, StepMixup, StopRequest, TrainingStopped, evaluate, throughput, train_one_epoch
 from sampler import ResumableSampler, SeededSamples, ignore_stop_signals
 
-DEFAULT_DROP_PATH = {'scalable_vit_small': 0.2, 'scalable_vit_base': 0.5, 'scalable_vit_large': 0.5}
-# Defaults that differ from the DeiT recipe per model family (explicit flags still win): Swin+VSA trains with
-# Swin's recipe (20 warm-up epochs, EMA on, drop path 0.2 / 0.3; AdamW, lr, wd, clip and smoothing as DeiT's).
-SWIN_RECIPE = dict(warmup_epochs=20, model_ema=True)
-# ScopeViT published no recipe: DeiT's (the paper compares under it) at the release's 256x256 with its eval
-# crop of 0.9, and the drop path of the release's dense configs (0.05 for XT, 0.1 for T and S).
-SCOPE_VIT_RECIPE = dict(input_size=256, eval_crop_ratio=0.9)
-# ViTAEv2+VSA: the seed states no recipe; ViTAEv2 trains with DeiT's (AdamW, lr 5e-4 per 512 images, wd 0.05,
-# 300 epochs, 5 warm-up) with drop path 0.1 (S) and 0.2 (48M), which is what differs here.
-MODEL_RECIPES = {
-    'swin_tiny_vsa_patch4_window7_224': dict(SWIN_RECIPE, drop_path=0.2),
-    'swin_small_vsa_patch4_window7_224': dict(SWIN_RECIPE, drop_path=0.3),
-    'scope_vit_xtiny': dict(SCOPE_VIT_RECIPE, drop_path=0.05),
-    'scope_vit_tiny': dict(SCOPE_VIT_RECIPE, drop_path=0.1),
-    'scope_vit_small': dict(SCOPE_VIT_RECIPE, drop_path=0.1),
-    'vitaev2_vsa_s': dict(drop_path=0.1),
-    'vitaev2_vsa_48m': dict(drop_path=0.2),
-}
 AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'none': None}
 # the exit status after a stop signal (SIGTERM, SIGUSR1) once the checkpoint is written: sysexits' EX_TEMPFAIL,
 # 'temporary failure, try again': rerunning the same command resumes where it stopped
@@ -62,7 +46,7 @@ EXIT_STOPPED = 75
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser('ScalableViT training and evaluation', add_help=False)
+    parser = argparse.ArgumentParser('training and evaluation', add_help=False)
     parser.add_argument('--batch-size', default=64, type=int, help='per-GPU (per-process) batch size')
     parser.add_argument('--epochs', default=300, type=int)
 
@@ -70,10 +54,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--model', default='scalable_vit_small', type=str, metavar='MODEL')
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
                         help='extra model arguments, e.g. depths="(2,2,2,2)"')
-    parser.add_argument('--input-size', default=224, type=int, help='image size')
+    parser.add_argument('--input-size', default=None, type=int,
+                        help="image size (default: the model's pretrained cfg, e.g. 224; ScopeViT 256)")
     parser.add_argument('--drop', type=float, default=0.0, metavar='PCT', help='dropout before the classifier')
     parser.add_argument('--drop-path', type=float, default=None, metavar='PCT',
-                        help='stochastic depth (default: 0.2 for S, 0.5 for B and L)')
+                        help="stochastic depth (default: the family's recipe, e.g. 0.2 for ScalableViT-S, 0.5 for "
+                             "B and L; else the model's own)")
     parser.add_argument('--model-ema', action='store_true', help='keep an exponential moving average')
     parser.add_argument('--no-model-ema', action='store_false', dest='model_ema')
     parser.set_defaults(model_ema=False)
@@ -110,7 +96,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--aa', type=str, default='rand-m9-mstd0.5-inc1', metavar='NAME',
                         help='RandAugment policy ("none" disables it)')
     parser.add_argument('--smoothing', type=float, default=0.1, help='label smoothing')
-    parser.add_argument('--train-interpolation', type=str, default='bicubic')
+    parser.add_argument('--train-interpolation', type=str, default=None,
+                        help="training resize interpolation (default: the model's pretrained cfg)")
     parser.add_argument('--repeated-aug', action='store_true')
     parser.add_argument('--no-repeated-aug', action='store_false', dest='repeated_aug')
     parser.set_defaults(repeated_aug=True)
@@ -123,7 +110,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--mixup-prob', type=float, default=1.0)
     parser.add_argument('--mixup-switch-prob', type=float, default=0.5)
     parser.add_argument('--mixup-mode', type=str, default='batch', choices=['batch', 'pair', 'elem'])
-    parser.add_argument('--eval-crop-ratio', default=0.875, type=float, help='eval resize = input / ratio')
+    parser.add_argument('--eval-crop-ratio', default=None, type=float,
+                        help="eval resize = input / ratio (default: the model's pretrained cfg crop_pct, e.g. "
+                             "0.875; 0.9 for Swin+VSA and ScopeViT)")
+    parser.add_argument('--interpolation', type=str, default=None,
+                        help="eval resize interpolation (default: the model's pretrained cfg)")
+    parser.add_argument('--mean', type=float, nargs=3, default=None, metavar='MEAN',
+                        help="normalisation mean (default: the model's pretrained cfg)")
+    parser.add_argument('--std', type=float, nargs=3, default=None, metavar='STD',
+                        help="normalisation std (default: the model's pretrained cfg)")
 
     # data, run and distributed settings
     parser.add_argument('--data-path', default='data/imagenet', type=str, help='folder with train/ and val/')
@@ -205,13 +200,29 @@ def build_val_loader(args, dataset, batch_size: int) -> torch.utils.data.DataLoa
 
 
 def create_classifier(args, num_classes: int) -> torch.nn.Module:
-    if not timm.is_model(args.model):
-        raise utils.UserInputError(
-            f'unknown --model {args.model}; ScalableViT models: {timm.list_models("scalable_vit*")} '
-            f'(any timm model name also works)')
-    drop_path = args.drop_path if args.drop_path is not None else DEFAULT_DROP_PATH.get(args.model, 0.1)
+    check_model_name(args.model)
+    # drop_path None: the model's own default (timm's create_model drops None arguments)
     return timm.create_model(args.model, pretrained=False, num_classes=num_classes, drop_rate=args.drop,
-                             drop_path_rate=drop_path, **args.model_kwargs)
+                             drop_path_rate=args.drop_path, **args.model_kwargs)
+
+
+def check_model_name(name: str) -> None:
+    if not timm.is_model(name):
+        models = [model for family in scalablevit.FAMILIES for model in family.models()]
+        raise utils.UserInputError(f'unknown --model {name}; this package\'s models: {models} (any timm model name '
+                                   f'also works)')
+
+
+def resolve_data_args(args: argparse.Namespace) -> None:
+    """Fill input size, crop, interpolations and mean/std not given on the command line from the model's
+    pretrained cfg (timm's `resolve_data_config`)."""
+    cfg = timm.models.get_pretrained_cfg(args.model) if timm.is_model(args.model) else None
+    data = resolve_data_config({}, pretrained_cfg=cfg.to_dict() if cfg is not None else {'input_size': (3, 224, 224)})
+    for name, value in (('input_size', data['input_size'][-1]), ('eval_crop_ratio', data['crop_pct']),
+                        ('train_interpolation', data['interpolation']), ('interpolation', data['interpolation']),
+                        ('mean', tuple(data['mean'])), ('std', tuple(data['std']))):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def restore_training_state(checkpoint, source, optimizer, lr_scheduler, model_ema, loss_scaler,
@@ -409,13 +420,17 @@ def validate_args(args) -> None:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """The command line, with the chosen model's recipe (`MODEL_RECIPES`) as defaults under explicit flags."""
-    parser = argparse.ArgumentParser('ScalableViT', parents=[get_args_parser()])
-    parser.set_defaults(**MODEL_RECIPES.get(parser.parse_known_args(argv)[0].model, {}))
-    return parser.parse_args(argv)
+    """The command line, with the chosen model's family recipe (`scalablevit.train_recipe`) as defaults under
+    explicit flags, and its data settings from the pretrained cfg."""
+    parser = argparse.ArgumentParser('main.py', parents=[get_args_parser()])
+    parser.set_defaults(**scalablevit.train_recipe(parser.parse_known_args(argv)[0].model))
+    args = parser.parse_args(argv)
+    resolve_data_args(args)
+    return args
 
 
 def main(args) -> None:
+    resolve_data_args(args)
     validate_args(args)
     device = utils.init_distributed(args)
     utils.logger.info(str(args))

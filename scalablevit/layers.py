@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-__all__ = ['LARGE_ATTENTION_SCORES', 'SMALL_ATTENTION_TOKENS', 'attend_with_bias', 'check_input_size',
+__all__ = ['LARGE_ATTENTION_SCORES', 'SMALL_ATTENTION_TOKENS', 'attend', 'check_input_size', 'key_padding_mask',
            'sdpa_equal_widths', 'sdpa_is_faster']
 
 # Below this many queries and keys, CPU attention is faster as two batched matmuls than through SDPA.
@@ -60,26 +60,56 @@ def sdpa_equal_widths(
 
 
 @register_notrace_function  # reason: the kernel choice depends on shapes and device
-def attend_with_bias(
+def attend(
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        bias: Optional[torch.Tensor],
         scale: float,
-        dropout_p: float,
-        fused: bool,
+        bias: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        dropout_p: float = 0.,
+        fused: bool = True,
 ) -> torch.Tensor:
-    """softmax(q·kᵀ·scale + bias)·v over the last two dims: `scaled_dot_product_attention` with the bias as
-    an additive mask where that is the faster kernel (`fused` and `sdpa_is_faster`), else explicit ops."""
+    """softmax(q·kᵀ·scale + bias)·v over the last two dims, with keys hidden where `mask` is False: the one
+    attention of every family.
+
+    Args:
+        q, k, v: (..., Nq, D), (..., Nk, D), (..., Nk, Dv); q/k and v widths may differ.
+        bias: Additive scores (a relative position bias), broadcast to (..., Nq, Nk), or None.
+        mask: Boolean, True where a key takes part (padding masks from `key_padding_mask`), or None.
+        fused: The fast path: `scaled_dot_product_attention` where it is the faster kernel (`sdpa_is_faster`),
+            the explicit ops otherwise. False always spells the operations out (export, debugging, counting
+            FLOPs). All agree to float32 rounding.
+    """
     if fused and sdpa_is_faster(q, k, v):
-        return sdpa_equal_widths(q, k, v, bias, dropout_p, scale)
+        attn_mask = bias
+        if mask is not None:
+            attn_mask = mask if bias is None else bias.masked_fill(~mask, float('-inf'))
+        return sdpa_equal_widths(q, k, v, attn_mask, dropout_p, scale)
     attn = (q * scale) @ k.transpose(-2, -1)
     if bias is not None:
         attn = attn + bias
+    if mask is not None:
+        attn = attn.masked_fill(~mask, float('-inf'))
     attn = attn.softmax(dim=-1)
     if dropout_p > 0.:
         attn = F.dropout(attn, p=dropout_p)
     return attn @ v
+
+
+def key_padding_mask(height: int, width: int, group_rows: torch.Tensor, group_cols: torch.Tensor) -> torch.Tensor:
+    """Boolean key mask of token groups cut from a map padded beyond `height` x `width`: True on real tokens.
+
+    Args:
+        group_rows: (nR, L) padded-map row of the L rows of each of the nR group rows (windows: a·s + i;
+            dilated lattices: a·ph + p).
+        group_cols: (nC, L') the same for columns.
+
+    Returns:
+        (nR·nC, L·L') in group order (row-major over groups, then over tokens).
+    """
+    real = (group_rows < height)[:, None, :, None] & (group_cols < width)[None, :, None, :]  # nR, nC, L, L'
+    return real.reshape(group_rows.shape[0] * group_cols.shape[0], -1)
 
 
 @register_notrace_function  # reason: data-dependent check on the input size

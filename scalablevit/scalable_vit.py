@@ -34,51 +34,24 @@ from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs,
 from timm.models._features import feature_take_indices
 
 from .checkpoint import filter_for_model
-from .layers import check_input_size, sdpa_equal_widths, sdpa_is_faster
+from .family import ModelFamily, register_family
+from .layers import attend, check_input_size, key_padding_mask
 from .vsa import WindowRegressor, varied_size_window_attention
 
-__all__ = ['ARCH_SETTINGS', 'ScalableViT', 'checkpoint_filter_fn']
+__all__ = ['ARCH_SETTINGS', 'FAMILY', 'TRAIN_RECIPES', 'ScalableViT', 'checkpoint_filter_fn']
 
 LN_EPS = 1e-6
 SSA_NORM_EPS = 1e-5  # the LayerNorm inside SSA's reduction path uses PyTorch's default eps in the release
 
 
-@register_notrace_function  # reason: the kernel choice depends on shapes and device
-def attend(
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        scale: float,
-        attn_mask: Optional[torch.Tensor],
-        dropout_p: float,
-        fused: bool,
-) -> torch.Tensor:
-    """softmax(q·kᵀ·scale)·v over the last two dims; `attn_mask` is boolean, True where a key takes part.
-
-    `fused=True` is the fast path: `scaled_dot_product_attention` where it is the faster kernel
-    (`sdpa_is_faster`), the explicit ops otherwise. `fused=False` always spells out the released code's
-    operations (for export, debugging and benchmarking). All give the same result.
-    """
-    if fused and sdpa_is_faster(q, k, v):
-        return sdpa_equal_widths(q, k, v, attn_mask, dropout_p, scale)
-    attn = (q @ k.transpose(-2, -1)) * scale
-    if attn_mask is not None:
-        attn = attn.masked_fill(~attn_mask, float('-inf'))
-    attn = attn.softmax(dim=-1)
-    if dropout_p > 0.:
-        attn = F.dropout(attn, p=dropout_p)
-    return attn @ v
-
-
 def window_padding_mask(height: int, width: int, window_size: int, device: torch.device) -> torch.Tensor:
-    """Boolean key mask for padded windows: (num_windows, window_size²), True on real tokens."""
+    """Boolean key mask for padded windows: (num_windows, window_size²), True on real tokens; windows in
+    `window_attention`'s order."""
     nh, nw = (height + window_size - 1) // window_size, (width + window_size - 1) // window_size
-    rows = torch.arange(nh * window_size, device=device) < height
-    cols = torch.arange(nw * window_size, device=device) < width
-    valid = rows[:, None] & cols[None, :]
-    # Hp, Wp -> nH, M, nW, M -> nH * nW, M * M (window order matches `window_attention`)
-    valid = valid.view(nh, window_size, nw, window_size)
-    return valid.transpose(1, 2).reshape(-1, window_size * window_size)
+    offsets = torch.arange(window_size, device=device)
+    rows = torch.arange(nh, device=device)[:, None] * window_size + offsets  # nh, M: row of window a's row i
+    cols = torch.arange(nw, device=device)[:, None] * window_size + offsets  # nw, M
+    return key_padding_mask(height, width, rows, cols)
 
 
 @register_notrace_function  # reason: padding depends on the feature map size
@@ -124,7 +97,7 @@ def window_attention(
     if attn_mask is not None:
         # nh * nw, M * M -> B * nh * nw, 1, 1, M * M (broadcast over heads and queries)
         attn_mask = attn_mask.unsqueeze(0).expand(B, -1, -1).reshape(B * nh * nw, 1, 1, M * M)
-    x = attend(q, k, v, scale, attn_mask, dropout_p, fused)
+    x = attend(q, k, v, scale, mask=attn_mask, dropout_p=dropout_p, fused=fused)
     # B * nh * nw, heads, M * M, d -> B, nh, M, nw, M, heads, d -> B, Hp, Wp, C
     x = x.view(B, nh, nw, num_heads, M, M, C // num_heads).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
     if padded:
@@ -149,7 +122,10 @@ class InteractiveWindowAttention(nn.Module):
             window_size: int = 7,
             attn_drop: float = 0.,
             proj_drop: float = 0.,
+            device=None,
+            dtype=None,
     ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         assert dim % num_heads == 0, f'dim {dim} must be divisible by num_heads {num_heads}'
         self.num_heads = num_heads
@@ -157,11 +133,11 @@ class InteractiveWindowAttention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.fused_attn = use_fused_attn()
 
-        self.qkv = nn.Linear(dim, dim * 3)
+        self.qkv = nn.Linear(dim, dim * 3, **dd)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.lim_func = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.lim_func = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, **dd)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, N, C = x.shape
@@ -190,9 +166,10 @@ class InteractiveVaryingWindowAttention(InteractiveWindowAttention):
     padded keys take part as zero vectors, as in VSA, instead of being masked as in IWSA.
     """
 
-    def __init__(self, dim: int, num_heads: int, window_size: int = 7, attn_drop: float = 0., proj_drop: float = 0.):
-        super().__init__(dim, num_heads, window_size, attn_drop, proj_drop)
-        self.transform = WindowRegressor(dim, num_heads, window_size)
+    def __init__(self, dim: int, num_heads: int, window_size: int = 7, attn_drop: float = 0., proj_drop: float = 0.,
+                 device=None, dtype=None):
+        super().__init__(dim, num_heads, window_size, attn_drop, proj_drop, device=device, dtype=dtype)
+        self.transform = WindowRegressor(dim, num_heads, window_size, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, N, C = x.shape
@@ -229,7 +206,10 @@ class ScalableSelfAttention(nn.Module):
             channel_ratio: float,
             attn_drop: float = 0.,
             proj_drop: float = 0.,
+            device=None,
+            dtype=None,
     ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         assert dim % num_heads == 0, f'dim {dim} must be divisible by num_heads {num_heads}'
         scaled_dim = int(dim * channel_ratio)
@@ -241,38 +221,40 @@ class ScalableSelfAttention(nn.Module):
         if sr_ratio > 1:
             assert scaled_dim % num_heads == 0, \
                 f'int(dim * channel_ratio) = {scaled_dim} must be divisible by num_heads {num_heads}'
-            self.q = nn.Linear(dim, scaled_dim)
+            self.q = nn.Linear(dim, scaled_dim, **dd)
             self.reduction = nn.Sequential(
-                nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio, groups=dim),
-                nn.Conv2d(dim, scaled_dim, kernel_size=1),
+                nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio, groups=dim, **dd),
+                nn.Conv2d(dim, scaled_dim, kernel_size=1, **dd),
             )
-            self.norm_act = nn.Sequential(nn.LayerNorm(scaled_dim, eps=SSA_NORM_EPS), nn.GELU())
-            self.k = nn.Linear(scaled_dim, scaled_dim)
-            self.v = nn.Linear(scaled_dim, dim)
+            self.norm_act = nn.Sequential(nn.LayerNorm(scaled_dim, eps=SSA_NORM_EPS, **dd), nn.GELU())
+            self.k = nn.Linear(scaled_dim, scaled_dim, **dd)
+            self.v = nn.Linear(scaled_dim, dim, **dd)
             self.kv = None
         else:
-            self.q = nn.Linear(dim, dim)
-            self.kv = nn.Linear(dim, dim * 2)
+            self.q = nn.Linear(dim, dim, **dd)
+            self.kv = nn.Linear(dim, dim * 2, **dd)
             self.reduction = None
             self.norm_act = None
             self.k = None
             self.v = None
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, N, C = x.shape
-        q = self.q(x).reshape(B, N, self.num_heads, -1).transpose(1, 2)  # B, heads, N, C'/heads
+        q = self.q(x)
+        q = q.reshape(B, N, self.num_heads, q.shape[-1] // self.num_heads).transpose(1, 2)  # B, heads, N, C'/heads
         if self.reduction is not None:
             kv = self.reduction(tokens_to_map(x, H, W)).flatten(2).transpose(1, 2)  # B, N', C'
             kv = self.norm_act(kv)
-            k = self.k(kv).reshape(B, -1, self.num_heads, q.shape[-1]).transpose(1, 2)  # B, heads, N', C'/heads
-            v = self.v(kv).reshape(B, -1, self.num_heads, C // self.num_heads).transpose(1, 2)  # B, heads, N', d
+            Nr = kv.shape[1]
+            k = self.k(kv).reshape(B, Nr, self.num_heads, q.shape[-1]).transpose(1, 2)  # B, heads, N', C'/heads
+            v = self.v(kv).reshape(B, Nr, self.num_heads, C // self.num_heads).transpose(1, 2)  # B, heads, N', d
         else:
             # B, N, 2C -> 2, B, heads, N, d
             kv = self.kv(x).reshape(B, N, 2, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
             k, v = kv.unbind(0)
-        x = attend(q, k, v, self.scale, None, self.attn_drop if self.training else 0., self.fused_attn)
+        x = attend(q, k, v, self.scale, dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn)
         x = x.transpose(1, 2).reshape(B, N, C)
         x = self.proj(x)
         return self.proj_drop(x)
@@ -294,17 +276,20 @@ class Block(nn.Module):
             attn_drop: float = 0.,
             drop_path: float = 0.,
             varied_windows: bool = False,
+            device=None,
+            dtype=None,
     ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS, **dd)
         if window_size is not None:
             window_cls = InteractiveVaryingWindowAttention if varied_windows else InteractiveWindowAttention
-            self.attn = window_cls(dim, num_heads, window_size, attn_drop, proj_drop)
+            self.attn = window_cls(dim, num_heads, window_size, attn_drop, proj_drop, **dd)
         else:
-            self.attn = ScalableSelfAttention(dim, num_heads, sr_ratio, channel_ratio, attn_drop, proj_drop)
+            self.attn = ScalableSelfAttention(dim, num_heads, sr_ratio, channel_ratio, attn_drop, proj_drop, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
@@ -316,9 +301,9 @@ class Block(nn.Module):
 class PositionalEncodingGenerator(nn.Module):
     """PEG: depth-wise 3x3 conv on the token map, added back (conditional positional encoding)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, device=None, dtype=None):
         super().__init__()
-        self.proj = nn.Sequential(nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim))
+        self.proj = nn.Sequential(nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         feat = tokens_to_map(x, H, W)
@@ -328,13 +313,14 @@ class PositionalEncodingGenerator(nn.Module):
 class ConvPatchEmbed(nn.Module):
     """Overlapping conv patch embedding: 7x7/4 for the stem, 3x3/2 between stages, then LayerNorm."""
 
-    def __init__(self, in_chans: int, dim: int, stem: bool):
+    def __init__(self, in_chans: int, dim: int, stem: bool, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         if stem:
-            self.proj = nn.Conv2d(in_chans, dim, kernel_size=7, stride=4, padding=3)
+            self.proj = nn.Conv2d(in_chans, dim, kernel_size=7, stride=4, padding=3, **dd)
         else:
-            self.proj = nn.Conv2d(in_chans, dim, kernel_size=3, stride=2, padding=1)
-        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+            self.proj = nn.Conv2d(in_chans, dim, kernel_size=3, stride=2, padding=1, **dd)
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS, **dd)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
         x = self.proj(x)
@@ -387,6 +373,8 @@ class ScalableViT(nn.Module):
             proj_drop_rate: float = 0.,
             attn_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
     ):
         """
         Args:
@@ -408,7 +396,9 @@ class ScalableViT(nn.Module):
             proj_drop_rate: Dropout after attention projections and in the MLPs.
             attn_drop_rate: Dropout on attention weights.
             drop_path_rate: Stochastic depth, rising linearly to this rate over all blocks.
+            device, dtype: Where and in which dtype the parameters are made (e.g. `device='meta'`, then load).
         """
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         assert global_pool in ('', 'avg'), f"global_pool must be 'avg' or '', got {global_pool!r}"
         if window_attention not in ('iwsa', 'vsa'):
@@ -434,7 +424,7 @@ class ScalableViT(nn.Module):
         dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))
         prev_dim = in_chans
         for i in range(num_stages):
-            self.patch_embeds.append(ConvPatchEmbed(prev_dim, embed_dims[i], stem=i == 0))
+            self.patch_embeds.append(ConvPatchEmbed(prev_dim, embed_dims[i], stem=i == 0, **dd))
             self.pos_drops.append(nn.Dropout(pos_drop_rate))
             self.stages.append(nn.ModuleList([
                 Block(
@@ -448,29 +438,31 @@ class ScalableViT(nn.Module):
                     attn_drop=attn_drop_rate,
                     drop_path=dpr[sum(depths[:i]) + j],
                     varied_windows=window_attention == 'vsa',
+                    **dd,
                 )
                 for j in range(depths[i])
             ]))
-            self.pos_block.append(PositionalEncodingGenerator(embed_dims[i]))
+            self.pos_block.append(PositionalEncodingGenerator(embed_dims[i], **dd))
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
             prev_dim = embed_dims[i]
-        self.norm = nn.LayerNorm(self.num_features, eps=LN_EPS)
+        self.norm = nn.LayerNorm(self.num_features, eps=LN_EPS, **dd)
 
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = self._make_head(num_classes)
+        self.head = self._make_head(num_classes, **dd)
         self.apply(self._init_weights)
         for module in self.modules():
             if isinstance(module, WindowRegressor):
                 module.reset_parameters()  # VSA windows start as the default ones
 
-    def _make_head(self, num_classes: int) -> nn.Module:
+    def _make_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
         if num_classes <= 0:
             return nn.Identity()
+        dd = {'device': device, 'dtype': dtype}
         return nn.Sequential(
-            nn.Linear(self.num_features, self.classifier_hidden_dim),
-            nn.LayerNorm(self.classifier_hidden_dim, eps=LN_EPS),
+            nn.Linear(self.num_features, self.classifier_hidden_dim, **dd),
+            nn.LayerNorm(self.classifier_hidden_dim, eps=LN_EPS, **dd),
             nn.GELU(),
-            nn.Linear(self.classifier_hidden_dim, num_classes),
+            nn.Linear(self.classifier_hidden_dim, num_classes, **dd),
         )
 
     @staticmethod
@@ -530,14 +522,13 @@ class ScalableViT(nn.Module):
             assert global_pool in ('', 'avg'), f"global_pool must be 'avg' or '', got {global_pool!r}"
             self.global_pool = global_pool
         self.num_classes = num_classes
-        device_dtype = get_device_dtype(self)
+        dd = get_device_dtype(self)
         if num_classes > 0 and isinstance(self.head, nn.Sequential):
-            new_layer = nn.Linear(self.classifier_hidden_dim, num_classes)
+            new_layer = nn.Linear(self.classifier_hidden_dim, num_classes, **dd)
             self.head[3] = new_layer
         else:
-            new_layer = self.head = self._make_head(num_classes)
+            new_layer = self.head = self._make_head(num_classes, **dd)
         new_layer.apply(self._init_weights)
-        new_layer.to(**device_dtype)
         self.head.train(self.training)
 
     def _forward_stages(
@@ -594,13 +585,15 @@ class ScalableViT(nn.Module):
             indices: Take the last n stages if int, all if None, or the listed stage indices.
             norm: Apply the final norm to the last stage's map (only that stage has a norm).
             stop_early: Stop after the last requested stage.
-            output_fmt: Only 'NCHW'.
+            output_fmt: 'NCHW' or 'NHWC'.
             intermediates_only: Return only the list of maps.
         """
-        assert output_fmt == 'NCHW', 'ScalableViT intermediates are NCHW only.'
+        assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be NCHW or NHWC.'
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_index = max_index if stop_early else len(self.stages) - 1
         x, intermediates = self._forward_stages(x, take_indices, last_index, norm)
+        if output_fmt == 'NHWC':
+            intermediates = [feat.permute(0, 2, 3, 1) for feat in intermediates]
         if intermediates_only:
             return intermediates
         return x, intermediates
@@ -692,6 +685,18 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+# The paper's recipe (Appendix C): DeiT's, with stochastic depth 0.2 for S and 0.5 for B and L; the VSA-window
+# extensions train as their ScalableViT counterparts.
+TRAIN_RECIPES = {
+    'scalable_vit_small': dict(drop_path=0.2),
+    'scalable_vit_base': dict(drop_path=0.5),
+    'scalable_vit_large': dict(drop_path=0.5),
+    'scalable_vit_small_vsa': dict(drop_path=0.2),
+    'scalable_vit_base_vsa': dict(drop_path=0.5),
+    'scalable_vit_large_vsa': dict(drop_path=0.5),
+}
+
+
 # The released variants; `ScalableViT`'s defaults are the small model.
 ARCH_SETTINGS = {
     'small': dict(embed_dims=(64, 128, 256, 512), num_heads=(2, 4, 8, 16), depths=(2, 2, 20, 2),
@@ -746,3 +751,18 @@ def scalable_vit_base_vsa(pretrained: bool = False, **kwargs) -> ScalableViT:
 def scalable_vit_large_vsa(pretrained: bool = False, **kwargs) -> ScalableViT:
     args = dict(ARCH_SETTINGS['large'], window_attention='vsa')
     return _create_scalable_vit('scalable_vit_large_vsa', pretrained, **dict(args, **kwargs))
+
+
+FAMILY = register_family(ModelFamily(
+    name='scalable_vit',
+    title='ScalableViT',
+    model_cls=ScalableViT,
+    arch_settings=ARCH_SETTINGS,
+    model_names={variant: f'scalable_vit_{variant}' for variant in ARCH_SETTINGS},
+    checkpoint_filter=checkpoint_filter_fn,
+    backbone_name='ScalableViTBackbone',
+    default_arch='small',
+    norm_eps=LN_EPS,
+    train_recipes=TRAIN_RECIPES,
+    description='ScalableViT (ECCV 2022): alternating IWSA and SSA',
+))

@@ -27,9 +27,10 @@ from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs,
 from timm.models._features import feature_take_indices
 
 from .checkpoint import filter_for_model
+from .family import ModelFamily, register_family
 from .vsa import VSAttention
 
-__all__ = ['ARCH_SETTINGS', 'SwinTransformerVSA', 'checkpoint_filter_fn']
+__all__ = ['ARCH_SETTINGS', 'FAMILY', 'TRAIN_RECIPES', 'SwinTransformerVSA', 'checkpoint_filter_fn']
 
 LN_EPS = 1e-5  # every LayerNorm of the release uses PyTorch's default
 
@@ -38,11 +39,12 @@ class PatchEmbed(nn.Module):
     """Non-overlapping patch_size x patch_size conv embedding and LayerNorm; (B, 3, H, W) -> (B, H/p, W/p, C).
     Images whose sides are not multiples of the patch size are zero-padded at the bottom/right."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 4):
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 4, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, **dd)
+        self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2], x.shape[-1]
@@ -64,15 +66,18 @@ class VSABlock(nn.Module):
             proj_drop: float = 0.,
             attn_drop: float = 0.,
             drop_path: float = 0.,
+            device=None,
+            dtype=None,
     ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.pos = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS, **dd)
+        self.pos = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim, **dd)
         self.attn = VSAttention(dim, num_heads, window_size=window_size, qkv_bias=qkv_bias, attn_drop=attn_drop,
-                                proj_drop=proj_drop)
+                                proj_drop=proj_drop, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,10 +91,11 @@ class PatchMerging(nn.Module):
     """2x2 neighbours concatenated, LayerNorm, Linear 4C -> 2C: (B, H, W, C) -> (B, ⌈H/2⌉, ⌈W/2⌉, 2C).
     Odd maps are zero-padded at the bottom/right first."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)  # before `norm`: the release's key order
-        self.norm = nn.LayerNorm(4 * dim, eps=LN_EPS)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False, **dd)  # before `norm`: the release's key order
+        self.norm = nn.LayerNorm(4 * dim, eps=LN_EPS, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -104,13 +110,14 @@ class SwinVSAStage(nn.Module):
     """The blocks of one stage, then (except for the last stage) patch merging."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, downsample: bool, drop_path: Sequence[float],
-                 **block_kwargs):
+                 device=None, dtype=None, **block_kwargs):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self.grad_checkpointing = False
         self.blocks = nn.ModuleList([
-            VSABlock(dim, num_heads, drop_path=drop_path[i], **block_kwargs) for i in range(depth)
+            VSABlock(dim, num_heads, drop_path=drop_path[i], **block_kwargs, **dd) for i in range(depth)
         ])
-        self.downsample = PatchMerging(dim) if downsample else nn.Identity()
+        self.downsample = PatchMerging(dim, **dd) if downsample else nn.Identity()
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
@@ -129,7 +136,6 @@ class SwinTransformerVSA(nn.Module):
 
     def __init__(
             self,
-            img_size: Union[int, Tuple[int, int]] = 224,
             patch_size: int = 4,
             in_chans: int = 3,
             num_classes: int = 1000,
@@ -145,10 +151,11 @@ class SwinTransformerVSA(nn.Module):
             proj_drop_rate: float = 0.,
             attn_drop_rate: float = 0.,
             drop_path_rate: float = 0.1,
+            device=None,
+            dtype=None,
     ):
         """
         Args:
-            img_size: The training size, recorded for the pretrained config; any input size runs.
             patch_size: Side of the patch embedding (stride 4 in the paper's models).
             in_chans: Number of input image channels.
             num_classes: Number of classes; 0 removes the classifier.
@@ -164,18 +171,19 @@ class SwinTransformerVSA(nn.Module):
             proj_drop_rate: Dropout after the attention projection and in the MLPs (0 in the release).
             attn_drop_rate: Dropout on attention weights (0 in the release).
             drop_path_rate: Stochastic depth, rising linearly to this rate over all blocks.
+            device, dtype: Where and in which dtype the parameters are made (e.g. `device='meta'`, then load).
         """
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         assert global_pool in ('', 'avg'), f"global_pool must be 'avg' or '', got {global_pool!r}"
         assert len(num_heads) == len(depths), f'num_heads needs one value per stage ({len(depths)}), got {num_heads}'
         num_stages = len(depths)
         self.num_classes = num_classes
         self.global_pool = global_pool
-        self.img_size = img_size
         self.embed_dims = tuple(embed_dim * 2 ** i for i in range(num_stages))
         self.num_features = self.head_hidden_size = self.embed_dims[-1]
 
-        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, **dd)
         self.pos_drop = nn.Dropout(pos_drop_rate)
         dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))
         self.layers = nn.ModuleList()
@@ -192,12 +200,13 @@ class SwinTransformerVSA(nn.Module):
                 qkv_bias=qkv_bias,
                 proj_drop=proj_drop_rate,
                 attn_drop=attn_drop_rate,
+                **dd,
             ))
             self.feature_info.append(dict(num_chs=self.embed_dims[i], reduction=patch_size * 2 ** i,
                                           module=f'layers.{i}'))
-        self.norm = nn.LayerNorm(self.num_features, eps=LN_EPS)
+        self.norm = nn.LayerNorm(self.num_features, eps=LN_EPS, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -249,10 +258,10 @@ class SwinTransformerVSA(nn.Module):
             assert global_pool in ('', 'avg'), f"global_pool must be 'avg' or '', got {global_pool!r}"
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            self._init_weights(self.head)
-            self.head.to(**get_device_dtype(self.norm))
+        self.head = nn.Linear(self.num_features, num_classes, **get_device_dtype(self)) if num_classes > 0 \
+            else nn.Identity()
+        self._init_weights(self.head)
+        self.head.train(self.training)
 
     def forward_intermediates(
             self,
@@ -368,7 +377,15 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-# The released variants (drop path: Swin's recipe, 0.2 for T and 0.3 for S), and a tiny one for tests.
+# Swin's recipe, which the VSA paper trains with: 20 warm-up epochs, EMA, stochastic depth 0.2 (T) / 0.3 (S);
+# AdamW, lr, weight decay, clipping and label smoothing as DeiT's.
+TRAIN_RECIPES = {
+    'swin_tiny_vsa_patch4_window7_224': dict(drop_path=0.2, warmup_epochs=20, model_ema=True),
+    'swin_small_vsa_patch4_window7_224': dict(drop_path=0.3, warmup_epochs=20, model_ema=True),
+}
+
+
+# The released variants, and a tiny one for tests.
 ARCH_SETTINGS = {
     'tiny': dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
     'small': dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
@@ -379,18 +396,32 @@ ARCH_SETTINGS = {
 @register_model
 def swin_tiny_vsa_patch4_window7_224(pretrained: bool = False, **kwargs) -> SwinTransformerVSA:
     """Swin-T+VSA (28.78 M parameters)."""
-    args = dict(ARCH_SETTINGS['tiny'], drop_path_rate=0.2)
-    return _create_swin_vsa('swin_tiny_vsa_patch4_window7_224', pretrained, **dict(args, **kwargs))
+    return _create_swin_vsa('swin_tiny_vsa_patch4_window7_224', pretrained, **dict(ARCH_SETTINGS['tiny'], **kwargs))
 
 
 @register_model
 def swin_small_vsa_patch4_window7_224(pretrained: bool = False, **kwargs) -> SwinTransformerVSA:
     """Swin-S+VSA (50.55 M parameters)."""
-    args = dict(ARCH_SETTINGS['small'], drop_path_rate=0.3)
-    return _create_swin_vsa('swin_small_vsa_patch4_window7_224', pretrained, **dict(args, **kwargs))
+    return _create_swin_vsa('swin_small_vsa_patch4_window7_224', pretrained, **dict(ARCH_SETTINGS['small'], **kwargs))
 
 
 @register_model
 def swin_vsa_test(pretrained: bool = False, **kwargs) -> SwinTransformerVSA:
     """A tiny Swin+VSA for tests and CPU demos; not a paper model."""
     return _create_swin_vsa('swin_vsa_test', pretrained, **dict(ARCH_SETTINGS['test'], **kwargs))
+
+
+FAMILY = register_family(ModelFamily(
+    name='swin_vsa',
+    title='Swin+VSA',
+    model_cls=SwinTransformerVSA,
+    arch_settings=ARCH_SETTINGS,
+    model_names={'tiny': 'swin_tiny_vsa_patch4_window7_224', 'small': 'swin_small_vsa_patch4_window7_224',
+                 'test': 'swin_vsa_test'},
+    checkpoint_filter=checkpoint_filter_fn,
+    backbone_name='SwinVSABackbone',
+    default_arch='tiny',
+    norm_eps=LN_EPS,
+    train_recipes=TRAIN_RECIPES,
+    description='Swin Transformer with varied-size window attention (VSA, ECCV 2022)',
+))

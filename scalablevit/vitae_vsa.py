@@ -39,13 +39,14 @@ from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs,
 from timm.models._features import feature_take_indices
 
 from .checkpoint import filter_for_model
+from .family import ModelFamily, register_family
 from .layers import check_input_size
 from .vsa import (
     check_finite_regression, gather_relative_position_bias, pad_to_windows, relative_position_index,
     varied_size_window_attention,
 )
 
-__all__ = ['ARCH_SETTINGS', 'TRAIN_RECIPES', 'ConvVSAttention', 'ViTAEv2VSA', 'checkpoint_filter_fn',
+__all__ = ['ARCH_SETTINGS', 'FAMILY', 'TRAIN_RECIPES', 'ConvVSAttention', 'ViTAEv2VSA', 'checkpoint_filter_fn',
            'vitae_to_vsattention_state_dict']
 
 RC_LN_EPS = 1e-5  # reduction cells: PyTorch's default
@@ -90,7 +91,10 @@ class ConvVSAttention(nn.Module):
             qkv_bias: bool = True,
             attn_drop: float = 0.,
             proj_drop: float = 0.,
+            device=None,
+            dtype=None,
     ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         out_dim = out_dim or dim
         assert out_dim % num_heads == 0, f'out_dim ({out_dim}) must be divisible by num_heads ({num_heads})'
@@ -101,23 +105,24 @@ class ConvVSAttention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5  # the release's: input width per head
         self.fused_attn = use_fused_attn()
         # registered in the release's order: bias table, offsets, scales, qkv, proj
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        self.register_buffer('relative_position_index', relative_position_index(window_size), persistent=True)
-        self.sampling_offsets = self._regressor(dim, num_heads, window_size)
-        self.sampling_scales = self._regressor(dim, num_heads, window_size)
-        self.qkv = nn.Conv2d(dim, out_dim * 3, kernel_size=1, bias=qkv_bias)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads, **dd))
+        self.register_buffer('relative_position_index', relative_position_index(window_size).to(device),
+                             persistent=True)
+        self.sampling_offsets = self._regressor(dim, num_heads, window_size, **dd)
+        self.sampling_scales = self._regressor(dim, num_heads, window_size, **dd)
+        self.qkv = nn.Conv2d(dim, out_dim * 3, kernel_size=1, bias=qkv_bias, **dd)
         self.attn_drop = attn_drop
-        self.proj = nn.Conv2d(out_dim, out_dim, kernel_size=1)
+        self.proj = nn.Conv2d(out_dim, out_dim, kernel_size=1, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
         trunc_normal_(self.relative_position_bias_table, std=.02)
 
     @staticmethod
-    def _regressor(dim: int, num_heads: int, window_size: int) -> nn.Sequential:
+    def _regressor(dim: int, num_heads: int, window_size: int, device=None, dtype=None) -> nn.Sequential:
         """Window mean -> LeakyReLU -> 1x1 conv to (x, y) per head; PyTorch's default init, as released."""
         return nn.Sequential(
             nn.AvgPool2d(kernel_size=window_size, stride=window_size),
             nn.LeakyReLU(),
-            nn.Conv2d(dim, num_heads * 2, kernel_size=1),
+            nn.Conv2d(dim, num_heads * 2, kernel_size=1, device=device, dtype=dtype),
         )
 
     def relative_position_bias(self) -> torch.Tensor:
@@ -165,14 +170,15 @@ def vitae_to_vsattention_state_dict(state_dict: Dict[str, torch.Tensor], num_hea
     return converted
 
 
-def conv_branch(widths: Sequence[int], strides: Sequence[int], groups: int) -> nn.Sequential:
+def conv_branch(widths: Sequence[int], strides: Sequence[int], groups: int, device=None, dtype=None) -> nn.Sequential:
     """The parallel convolution module (PCM): three grouped 3x3 convs through `widths` (4 values), BatchNorm
     and SiLU after the first two (keys 0, 1, 3, 4, 6 as released)."""
+    dd = {'device': device, 'dtype': dtype}
     layers: List[nn.Module] = []
     for i in range(3):
-        layers.append(nn.Conv2d(widths[i], widths[i + 1], 3, stride=strides[i], padding=1, groups=groups))
+        layers.append(nn.Conv2d(widths[i], widths[i + 1], 3, stride=strides[i], padding=1, groups=groups, **dd))
         if i < 2:
-            layers += [nn.BatchNorm2d(widths[i + 1]), nn.SiLU(inplace=True)]
+            layers += [nn.BatchNorm2d(widths[i + 1], **dd), nn.SiLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -186,14 +192,16 @@ class PyramidReduction(nn.Module):
     per side and per call so any size runs and every branch lands on the PCM's grid).
     """
 
-    def __init__(self, in_chans: int, embed_dim: int, kernel_size: int, stride: int, dilations: Sequence[int]):
+    def __init__(self, in_chans: int, embed_dim: int, kernel_size: int, stride: int, dilations: Sequence[int],
+                 device=None, dtype=None):
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = stride
         self.dilations: List[int] = list(dilations)
         self.convs = nn.ModuleList([
             nn.Sequential(
-                nn.Conv2d(in_chans, embed_dim, kernel_size, stride=stride, padding=self._base_padding(d), dilation=d),
+                nn.Conv2d(in_chans, embed_dim, kernel_size, stride=stride, padding=self._base_padding(d), dilation=d,
+                          device=device, dtype=dtype),
                 nn.GELU(),
             )
             for d in dilations
@@ -255,19 +263,22 @@ class ReductionCell(nn.Module):
             proj_drop: float = 0.,
             attn_drop: float = 0.,
             wide_pcm: bool = False,
+            device=None,
+            dtype=None,
     ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         prm_dim = embed_dim * len(dilations)
         pcm_dim = 2 * token_dim if wide_pcm else embed_dim
         # registered in the release's order: PCM, PRM, norm1, pos, attn, norm2, mlp
-        self.PCM = conv_branch((in_chans, pcm_dim, pcm_dim, token_dim), _pcm_strides(downsample), groups)
-        self.PRM = PyramidReduction(in_chans, embed_dim, kernel_size, downsample, dilations)
-        self.norm1 = nn.LayerNorm(prm_dim, eps=RC_LN_EPS)
-        self.pos = nn.Conv2d(prm_dim, prm_dim, kernel_size=7, padding=3, groups=prm_dim)
+        self.PCM = conv_branch((in_chans, pcm_dim, pcm_dim, token_dim), _pcm_strides(downsample), groups, **dd)
+        self.PRM = PyramidReduction(in_chans, embed_dim, kernel_size, downsample, dilations, **dd)
+        self.norm1 = nn.LayerNorm(prm_dim, eps=RC_LN_EPS, **dd)
+        self.pos = nn.Conv2d(prm_dim, prm_dim, kernel_size=7, padding=3, groups=prm_dim, **dd)
         self.attn = ConvVSAttention(prm_dim, num_heads, token_dim, window_size=window_size, qkv_bias=qkv_bias,
-                                    attn_drop=attn_drop, proj_drop=proj_drop)
-        self.norm2 = nn.LayerNorm(token_dim, eps=RC_LN_EPS)
-        self.mlp = Mlp(token_dim, int(token_dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+                                    attn_drop=attn_drop, proj_drop=proj_drop, **dd)
+        self.norm2 = nn.LayerNorm(token_dim, eps=RC_LN_EPS, **dd)
+        self.mlp = Mlp(token_dim, int(token_dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.PRM(x)  # B, h, w, prm_dim
@@ -291,17 +302,20 @@ class NormalCell(nn.Module):
             proj_drop: float = 0.,
             attn_drop: float = 0.,
             drop_path: float = 0.,
+            device=None,
+            dtype=None,
     ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         hidden = int(dim * mlp_ratio)
         # registered in the release's order: norm1, pos, attn, norm2, mlp, PCM
-        self.norm1 = nn.LayerNorm(dim, eps=NC_LN_EPS)
-        self.pos = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm1 = nn.LayerNorm(dim, eps=NC_LN_EPS, **dd)
+        self.pos = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim, **dd)
         self.attn = ConvVSAttention(dim, num_heads, window_size=window_size, qkv_bias=qkv_bias, attn_drop=attn_drop,
-                                    proj_drop=proj_drop)
-        self.norm2 = nn.LayerNorm(dim, eps=NC_LN_EPS)
-        self.mlp = Mlp(dim, hidden, act_layer=nn.GELU, drop=proj_drop)
-        self.PCM = conv_branch((dim, hidden, dim, dim), (1, 1, 1), groups)
+                                    proj_drop=proj_drop, **dd)
+        self.norm2 = nn.LayerNorm(dim, eps=NC_LN_EPS, **dd)
+        self.mlp = Mlp(dim, hidden, act_layer=nn.GELU, drop=proj_drop, **dd)
+        self.PCM = conv_branch((dim, hidden, dim, dim), (1, 1, 1), groups, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -312,12 +326,14 @@ class NormalCell(nn.Module):
 
 
 class ViTAEStage(nn.Module):
-    """One reduction cell then the normal cells: (B, C, H, W) -> (B, H/r, W/r, token_dim)."""
+    """One reduction cell then the normal cells: (B, C, H, W) -> (B, H/r, W/r, token_dim); `pos_drop` between
+    them (the reduction cell is the stage's patch embedding)."""
 
-    def __init__(self, reduction: ReductionCell, cells: Sequence[NormalCell]):
+    def __init__(self, reduction: ReductionCell, cells: Sequence[NormalCell], pos_drop: float = 0.):
         super().__init__()
         self.grad_checkpointing = False
         self.RC = reduction
+        self.pos_drop = nn.Dropout(pos_drop)
         self.NC = nn.ModuleList(cells)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -325,6 +341,7 @@ class ViTAEStage(nn.Module):
             x = checkpoint(self.RC, x)
         else:
             x = self.RC(x)
+        x = self.pos_drop(x)
         for cell in self.NC:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(cell, x)
@@ -338,7 +355,6 @@ class ViTAEv2VSA(nn.Module):
 
     def __init__(
             self,
-            img_size: Union[int, Tuple[int, int]] = 224,
             in_chans: int = 3,
             num_classes: int = 1000,
             global_pool: str = 'avg',
@@ -357,14 +373,16 @@ class ViTAEv2VSA(nn.Module):
             window_size: int = 7,
             qkv_bias: bool = True,
             drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
             proj_drop_rate: float = 0.,
             attn_drop_rate: float = 0.,
             drop_path_rate: float = 0.1,
             wide_pcm: bool = False,
+            device=None,
+            dtype=None,
     ):
         """
         Args:
-            img_size: The training size, recorded for the pretrained config; any input size runs.
             in_chans: Number of input image channels.
             num_classes: Number of classes; 0 removes the classifier.
             global_pool: 'avg' (token mean) or '' (the map).
@@ -383,12 +401,15 @@ class ViTAEv2VSA(nn.Module):
             window_size: VSA's default window.
             qkv_bias: Bias of the q/k/v projections.
             drop_rate: Dropout before the classifier.
+            pos_drop_rate: Dropout after each reduction cell (0 in the release, as are the two below).
             proj_drop_rate: Dropout after the attention projections and in the MLPs (0 in the release).
             attn_drop_rate: Dropout on attention weights (0 in the release).
             drop_path_rate: Stochastic depth of the normal cells, rising linearly to this rate over all of them.
             wide_pcm: The release's option for its 48M model: the reduction cells' PCM runs through
                 2·token_dims (in -> 2·token_dim -> 2·token_dim -> token_dim) instead of embed_dims.
+            device, dtype: Where and in which dtype the parameters are made (e.g. `device='meta'`, then load).
         """
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         assert global_pool in ('', 'avg'), f"global_pool must be 'avg' or '', got {global_pool!r}"
         num_stages = len(depths)
@@ -398,7 +419,6 @@ class ViTAEv2VSA(nn.Module):
             assert len(values) == num_stages, f'{name} needs one value per stage ({num_stages}), got {values}'
         self.num_classes = num_classes
         self.global_pool = global_pool
-        self.img_size = img_size
         self.min_input_size = MIN_INPUT_SIZE
         self.token_dims = tuple(token_dims)
         self.num_features = self.head_hidden_size = token_dims[-1]
@@ -407,7 +427,8 @@ class ViTAEv2VSA(nn.Module):
         self.layers = nn.ModuleList()
         self.feature_info = []
         reduction = 1
-        common = dict(window_size=window_size, qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate)
+        common = dict(window_size=window_size, qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
+                      **dd)
         for i in range(num_stages):
             in_chans_i = in_chans if i == 0 else token_dims[i - 1]
             self.layers.append(ViTAEStage(
@@ -416,11 +437,12 @@ class ViTAEv2VSA(nn.Module):
                               **common),
                 [NormalCell(token_dims[i], nc_heads[i], nc_groups[i], mlp_ratio=mlp_ratio,
                             drop_path=dpr[sum(depths[:i]) + j], **common) for j in range(depths[i])],
+                pos_drop=pos_drop_rate,
             ))
             reduction *= downsample_ratios[i]
             self.feature_info.append(dict(num_chs=token_dims[i], reduction=reduction, module=f'layers.{i}'))
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -471,10 +493,10 @@ class ViTAEv2VSA(nn.Module):
             assert global_pool in ('', 'avg'), f"global_pool must be 'avg' or '', got {global_pool!r}"
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            self._init_weights(self.head)
-            self.head.to(**get_device_dtype(self.layers[-1].RC.norm2))
+        self.head = nn.Linear(self.num_features, num_classes, **get_device_dtype(self)) if num_classes > 0 \
+            else nn.Identity()
+        self._init_weights(self.head)
+        self.head.train(self.training)
 
     def forward_intermediates(
             self,
@@ -490,7 +512,8 @@ class ViTAEv2VSA(nn.Module):
         Args:
             x: Input images (B, C, H, W).
             indices: Take the last n stages if int, all if None, or the listed stage indices.
-            norm: Ignored: the model has no final norm.
+            norm: No effect: the model has no final norm (timm: "apply the norm layer to compatible
+                intermediates"; none is).
             stop_early: Stop after the last requested stage.
             output_fmt: 'NCHW' or 'NHWC'.
             intermediates_only: Return only the list of maps.
@@ -605,18 +628,32 @@ ARCH_SETTINGS = {
 @register_model
 def vitaev2_vsa_s(pretrained: bool = False, **kwargs) -> ViTAEv2VSA:
     """ViTAEv2*-S+VSA (19.77 M parameters, 5.76 GFLOPs)."""
-    args = dict(ARCH_SETTINGS['s'], drop_path_rate=TRAIN_RECIPES['vitaev2_vsa_s']['drop_path'])
-    return _create_vitae_vsa('vitaev2_vsa_s', pretrained, **dict(args, **kwargs))
+    return _create_vitae_vsa('vitaev2_vsa_s', pretrained, **dict(ARCH_SETTINGS['s'], **kwargs))
 
 
 @register_model
 def vitaev2_vsa_48m(pretrained: bool = False, **kwargs) -> ViTAEv2VSA:
     """ViTAEv2*-48M+VSA, the release's `ViTAEv2_VSA_widePCM_48M` (51.09 M parameters, not 48 M; 15.09 GFLOPs)."""
-    args = dict(ARCH_SETTINGS['48m'], drop_path_rate=TRAIN_RECIPES['vitaev2_vsa_48m']['drop_path'])
-    return _create_vitae_vsa('vitaev2_vsa_48m', pretrained, **dict(args, **kwargs))
+    return _create_vitae_vsa('vitaev2_vsa_48m', pretrained, **dict(ARCH_SETTINGS['48m'], **kwargs))
 
 
 @register_model
 def vitaev2_vsa_test(pretrained: bool = False, **kwargs) -> ViTAEv2VSA:
     """A tiny ViTAEv2*+VSA for tests and CPU demos; not a paper model."""
     return _create_vitae_vsa('vitaev2_vsa_test', pretrained, **dict(ARCH_SETTINGS['test'], **kwargs))
+
+
+FAMILY = register_family(ModelFamily(
+    name='vitae_vsa',
+    title='ViTAEv2*+VSA',
+    model_cls=ViTAEv2VSA,
+    arch_settings=ARCH_SETTINGS,
+    model_names={'s': 'vitaev2_vsa_s', '48m': 'vitaev2_vsa_48m', 'test': 'vitaev2_vsa_test'},
+    checkpoint_filter=checkpoint_filter_fn,
+    backbone_name='ViTAEv2VSABackbone',
+    default_arch='s',
+    norm_eps=NC_LN_EPS,
+    train_recipes=TRAIN_RECIPES,
+    onnx_dynamic_sizes=False,  # the PRM's per-side padding depends on the input size; tracing fixes it
+    description='ViTAEv2* with varied-size window attention in every cell (VSA, ECCV 2022)',
+))

@@ -22,9 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, trunc_normal_, use_fused_attn
 
-from .layers import attend_with_bias
+from .layers import attend
 
-__all__ = ['VSAttention', 'attend_with_bias', 'gather_relative_position_bias', 'pad_to_windows',
+__all__ = ['VSAttention', 'gather_relative_position_bias', 'pad_to_windows',
            'relative_position_index', 'varied_size_window_attention', 'WindowRegressor', 'window_sampling_grid']
 
 
@@ -102,11 +102,11 @@ class WindowRegressor(nn.Sequential):
     zero-initialised (every window starts as the default one). Keys `0`, `1`, `2` as in the release
     (`transform.2.*`)."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: int):
+    def __init__(self, dim: int, num_heads: int, window_size: int, device=None, dtype=None):
         super().__init__(
             nn.AvgPool2d(kernel_size=window_size, stride=window_size),
             nn.LeakyReLU(),
-            nn.Conv2d(dim, num_heads * 4, kernel_size=1),
+            nn.Conv2d(dim, num_heads * 4, kernel_size=1, device=device, dtype=dtype),
         )
         self.num_heads = num_heads
         self.window_size = window_size
@@ -167,7 +167,7 @@ def varied_size_window_attention(
     # B·heads, 2d, Hp, Wp -> B, heads, 2, d, nH, s, nW, s -> 2, B·nH·nW, heads, s², d
     kv = kv.reshape(B, heads, 2, d, nH, s, nW, s).permute(2, 0, 4, 6, 1, 5, 7, 3).reshape(2, -1, heads, s * s, d)
     bias = bias.unsqueeze(0).to(q.dtype) if bias is not None else None  # 1, heads, s², s²
-    out = attend_with_bias(q, kv[0], kv[1], bias, scale, dropout_p, fused)
+    out = attend(q, kv[0], kv[1], scale, bias=bias, dropout_p=dropout_p, fused=fused)
     # B·nH·nW, heads, s², d -> B, nH, s, nW, s, heads·d -> crop to B, H, W, C
     out = out.view(B, nH, nW, heads, s, s, d).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
     return out[:, :H, :W, :]
@@ -194,7 +194,10 @@ class VSAttention(nn.Module):
             qkv_bias: bool = True,
             attn_drop: float = 0.,
             proj_drop: float = 0.,
+            device=None,
+            dtype=None,
     ):
+        dd = {'device': device, 'dtype': dtype}
         super().__init__()
         assert dim % num_heads == 0, f'dim ({dim}) must be divisible by num_heads ({num_heads})'
         self.dim = dim
@@ -204,13 +207,14 @@ class VSAttention(nn.Module):
         self.scale = self.head_dim ** -0.5
         self.fused_attn = use_fused_attn()
         # registered in the release's order: bias table, qkv, proj, regressor
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        self.register_buffer('relative_position_index', relative_position_index(window_size), persistent=True)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads, **dd))
+        self.register_buffer('relative_position_index', relative_position_index(window_size).to(device),
+                             persistent=True)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.transform = WindowRegressor(dim, num_heads, window_size)
+        self.transform = WindowRegressor(dim, num_heads, window_size, **dd)
         trunc_normal_(self.relative_position_bias_table, std=.02)
 
     def relative_position_bias(self) -> torch.Tensor:

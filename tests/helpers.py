@@ -21,7 +21,7 @@ TINY_MODEL = 'scalable_vit_test'  # the registered tiny architecture (ARCH_SETTI
 TINY_ARGS = scalable_vit.ARCH_SETTINGS['test']
 
 
-# The attention kernels: 'fast' lets `attend` choose per call (on CPU, explicit ops for short sequences),
+# The attention kernels: 'fast' lets `layers.attend` choose per call (on CPU, explicit ops for short sequences),
 # 'sdpa' forces scaled_dot_product_attention everywhere, 'explicit' spells out the released operations.
 ATTENTION_PATHS = ('fast', 'sdpa', 'explicit')
 
@@ -29,8 +29,7 @@ ATTENTION_PATHS = ('fast', 'sdpa', 'explicit')
 def select_attention_path(monkeypatch: pytest.MonkeyPatch, path: str) -> bool:
     """Make `path` the one taken; returns the `fused` flag to pass (or to give `set_fused_attn`)."""
     if path == 'sdpa':
-        for module in (scalable_vit, layers):
-            monkeypatch.setattr(module, 'sdpa_is_faster', lambda q, k, v: True)
+        monkeypatch.setattr(layers, 'sdpa_is_faster', lambda q, k, v: True)
     return path != 'explicit'
 
 
@@ -200,11 +199,13 @@ def assert_compiles_to_one_graph(model: torch.nn.Module, size: Tuple[int, int]) 
 
 
 def assert_onnx_matches_onnxruntime(model: torch.nn.Module, path: Path,
-                                    sizes: Sequence[Tuple[int, int]] = ((64, 64), (96, 128))) -> None:
-    """Export with dynamic batch, height and width (traced at 64x64); onnxruntime matches PyTorch at `sizes`."""
+                                    sizes: Sequence[Tuple[int, int]] = ((64, 64), (96, 128)),
+                                    export_size: Tuple[int, int] = (64, 64)) -> None:
+    """Export with dynamic batch, height and width (traced at `export_size`); onnxruntime matches PyTorch at
+    `sizes`."""
     import numpy as np
     ort = pytest.importorskip('onnxruntime')
-    torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(path), input_names=['images'],
+    torch.onnx.export(model, (torch.randn(1, 3, *export_size),), str(path), input_names=['images'],
                       output_names=['logits'], opset_version=17, dynamo=False,
                       dynamic_axes={'images': {0: 'batch', 2: 'height', 3: 'width'}})
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])

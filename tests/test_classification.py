@@ -46,16 +46,27 @@ def train_command(data, out, epochs, *extra):
 
 
 def test_model_recipes_are_defaults_under_explicit_flags():
+    """Each family's TRAIN_RECIPES and each model's pretrained cfg give the defaults; explicit flags win."""
     swin = cls_main.parse_args(['--model', 'swin_tiny_vsa_patch4_window7_224'])
     assert (swin.drop_path, swin.warmup_epochs, swin.model_ema) == (0.2, 20, True)
-    small = cls_main.parse_args(['--model', 'swin_small_vsa_patch4_window7_224', '--no-model-ema', '--drop-path', '0.1'])
-    assert (small.drop_path, small.warmup_epochs, small.model_ema) == (0.1, 20, False)
+    assert (swin.input_size, swin.eval_crop_ratio, swin.interpolation) == (224, 0.9, 'bicubic')
+    small = cls_main.parse_args(['--model', 'swin_small_vsa_patch4_window7_224', '--no-model-ema', '--drop-path', '0.1',
+                                 '--eval-crop-ratio', '0.95'])
+    assert (small.drop_path, small.warmup_epochs, small.model_ema, small.eval_crop_ratio) == (0.1, 20, False, 0.95)
     scope = cls_main.parse_args(['--model', 'scope_vit_tiny'])
     assert (scope.input_size, scope.eval_crop_ratio, scope.drop_path, scope.model_ema) == (256, 0.9, 0.1, False)
     vitae = cls_main.parse_args(['--model', 'vitaev2_vsa_48m'])
-    assert (vitae.drop_path, vitae.warmup_epochs, vitae.input_size) == (0.2, 5, 224)
-    deit = cls_main.parse_args(['--model', 'scalable_vit_small'])
-    assert (deit.drop_path, deit.warmup_epochs, deit.model_ema) == (None, 5, False)
+    assert (vitae.drop_path, vitae.warmup_epochs, vitae.weight_decay, vitae.input_size) == (0.25, 10, 0.055, 224)
+    deit = cls_main.parse_args(['--model', 'scalable_vit_small', '--input-size', '192'])
+    assert (deit.drop_path, deit.warmup_epochs, deit.model_ema, deit.input_size) == (0.2, 5, False, 192)
+    assert (deit.eval_crop_ratio, deit.mean) == (0.875, (0.485, 0.456, 0.406))
+    other = cls_main.parse_args(['--model', 'resnet18'])  # a timm model of no family: DeiT's recipe, timm's cfg
+    assert (other.drop_path, other.warmup_epochs, other.eval_crop_ratio) == (None, 5, 0.95)
+
+
+def test_unknown_model_lists_every_family():
+    with pytest.raises(cls_main.utils.UserInputError, match='scope_vit_tiny.*(any timm model name also works)'):
+        cls_main.check_model_name('scalable_vit_huge')
 
 
 def run_in_process(argv):

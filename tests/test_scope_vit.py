@@ -1,5 +1,6 @@
 """ScopeViT (`scalablevit.scope_vit`): the released function to float32 rounding at the sizes the release
-accepts, the released parameter names, any other size through masked lattice padding, and the timm API."""
+accepts, the released parameter names, any other size through masked lattice padding, and the family's own
+rules (the timm API of every family: test_families.py)."""
 import math
 
 import numpy as np
@@ -7,18 +8,12 @@ import pytest
 import timm
 import timm.optim
 import torch
-from timm.models import group_parameters
 
 from scalablevit.scope_vit import DilatedLatticeAttention
 
 from helpers import (
     ATTENTION_PATHS,
     DATA_DIR,
-    assert_compiles_to_one_graph,
-    assert_fx_traces,
-    assert_onnx_matches_onnxruntime,
-    assert_grad_checkpointing_keeps_gradients,
-    assert_scripts,
     fill_padding_with_noise,
     relative_error,
     select_attention_path,
@@ -185,7 +180,7 @@ def test_too_small_input_raises_clear_error(tiny, size):
         tiny(torch.randn(1, 3, *size))
 
 
-# --- the timm API -------------------------------------------------------------------------------------------
+# --- the family's own API rules --------------------------------------------------------------------------
 
 def test_registered_with_the_release_cfg():
     assert {f'scope_vit_{v}' for v in VARIANTS} | {TINY} <= set(timm.list_models('scope_vit*'))
@@ -204,43 +199,6 @@ def test_drop_path_one_rate_per_block_shared_by_its_layers():
             assert getattr(branch, 'drop_prob', 0.) == pytest.approx(rate, abs=1e-7)
 
 
-def test_features_only_and_forward_intermediates(tiny):
-    model = timm.create_model(TINY, features_only=True, out_indices=(1, 3)).eval()
-    assert model.feature_info.channels() == [32, 128] and model.feature_info.reduction() == [8, 32]
-    model.model.load_state_dict(tiny.state_dict(), strict=False)  # all but the head
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        final, intermediates = tiny.forward_intermediates(x)
-        torch.testing.assert_close(final, tiny.forward_features(x), rtol=0, atol=0)
-        torch.testing.assert_close(intermediates[3], final, rtol=0, atol=0)
-        assert [f.shape[1:] for f in intermediates] == [(16, 16, 16), (32, 8, 8), (64, 4, 4), (128, 2, 2)]
-        nhwc = tiny.forward_intermediates(x, indices=[0], output_fmt='NHWC', intermediates_only=True)
-        torch.testing.assert_close(nhwc[0].permute(0, 3, 1, 2), intermediates[0])
-        torch.testing.assert_close(model(x)[0], intermediates[1])
-    pruned = timm.create_model(TINY, features_only=True, out_indices=(0, 1))
-    assert isinstance(pruned.model.blocks3, torch.nn.Identity) and isinstance(pruned.model.norm4, torch.nn.Identity)
-    assert not any(k.startswith(('blocks3', 'norm4', 'patch_embed3')) for k in pruned.model.state_dict())
-
-
-def test_grad_checkpointing_keeps_outputs_and_gradients():
-    torch.manual_seed(0)
-    model = timm.create_model(TINY, num_classes=5, drop_path_rate=0.)
-    for module in model.modules():  # drop the position MLPs' dropout: the two runs must draw nothing
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.
-    assert_grad_checkpointing_keeps_gradients(model, torch.randn(2, 3, 64, 64), rtol=1e-4)
-
-
-def test_reset_classifier_and_head(tiny):
-    tiny.reset_classifier(10)
-    assert tiny.head.out_features == 10 and tiny.get_classifier() is tiny.head
-    tiny.reset_classifier(0, global_pool='')
-    with torch.no_grad():
-        assert tiny(torch.randn(1, 3, 64, 64)).shape == (1, 128, 2, 2)
-    headless = timm.create_model(TINY, num_classes=0).eval()
-    assert headless(torch.randn(1, 3, 64, 64)).shape == (1, 128)
-
-
 def test_no_weight_decay_exempts_layer_scale(tiny):
     names = tiny.no_weight_decay()
     assert names and all(n.endswith(('ls1.gamma', 'ls2.gamma')) for n in names)
@@ -252,28 +210,16 @@ def test_no_weight_decay_exempts_layer_scale(tiny):
     assert id(params['blocks1.0.gsda.attn.rel_pos.mlp.fc1.weight']) not in no_decay
 
 
-def test_group_matcher_covers_all_parameters(tiny):
-    for coarse, expected_groups in ((False, 1 + 4 + 3 + 1), (True, 1 + 4 + 1)):
-        groups = group_parameters(tiny, tiny.group_matcher(coarse=coarse))
-        names = sorted(n for group in groups.values() for n in group)
-        assert names == sorted(n for n, _ in tiny.named_parameters())
-        assert len(groups) == expected_groups  # stem, blocks (stage norm with the last), embeddings / stages, head
 
 
-@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
-def test_torchscript(tiny):
-    assert_scripts(tiny, (97, 131))
-
-
-def test_fx_trace(tiny):
-    assert_fx_traces(tiny)
-
-
-@pytest.mark.parametrize('size', [(64, 64), pytest.param((97, 131), marks=pytest.mark.slow)])
-def test_torch_compile_captures_one_graph(tiny, size):
-    assert_compiles_to_one_graph(tiny, size)
-
-
-def test_onnx_export_matches_onnxruntime(tiny, tmp_path):
-    assert_onnx_matches_onnxruntime(tiny, tmp_path / 'scope_vit.onnx')
-
+def test_one_to_four_stages():
+    """Fewer stages than the release's four leave the later named slots empty; more are refused clearly."""
+    model = timm.create_model(TINY, depths=(1, 1, 1), embed_dims=(16, 32, 64), num_heads=(1, 2, 4),
+                              head_splits=((1, 1, 0), (1, 1, 0), (2, 1, 1)), kv_strides=(4, 2, 1)).eval()
+    assert not any(k.startswith(('blocks4', 'norm4', 'patch_embed4')) for k in model.state_dict())
+    assert [info['reduction'] for info in model.feature_info] == [4, 8, 16]
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000) and model.num_features == 64
+    with pytest.raises(ValueError, match='one to 4 stages'):
+        timm.create_model(TINY, depths=(1,) * 5, embed_dims=(8,) * 5, num_heads=(1,) * 5,
+                          head_splits=((1, 1, 0),) * 5, kv_strides=(1,) * 5)

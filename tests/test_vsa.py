@@ -1,5 +1,6 @@
 """VSA (`scalablevit.vsa`) and Swin+VSA (`scalablevit.swin_vsa`): the released function to float32 rounding,
-the released parameter names, and the timm API."""
+the released parameter names and what is specific to the family (the timm API of every family:
+test_families.py)."""
 import math
 
 import pytest
@@ -7,17 +8,12 @@ import timm
 import timm.optim
 import torch
 import torch.nn.functional as F
-from timm.models import group_parameters
 
+from scalablevit import swin_vsa
 from scalablevit.vsa import VSAttention, relative_position_index, window_sampling_grid
 
 from helpers import (
     ATTENTION_PATHS,
-    assert_compiles_to_one_graph,
-    assert_fx_traces,
-    assert_onnx_matches_onnxruntime,
-    assert_grad_checkpointing_keeps_gradients,
-    assert_scripts,
     golden_input,
     golden_outputs,
     golden_state_dict,
@@ -155,14 +151,16 @@ def test_released_checkpoint_loads_strict(tmp_path):
         timm.create_model(TINY, pretrained=True, pretrained_cfg_overlay=pretrained_overlay(str(path)))
 
 
-# --- the timm API -------------------------------------------------------------------------------------------
+# --- the family's own API rules --------------------------------------------------------------------------
 
-def test_registered_with_swin_cfg():
+def test_registered_with_swin_cfg_and_recipe():
     assert set(SWIN_VSA) | {TINY} <= set(timm.list_models('swin*vsa*'))
     cfg = timm.models.get_pretrained_cfg(SWIN_VSA[0])
     assert cfg.input_size == (3, 224, 224) and cfg.crop_pct == 0.9 and cfg.interpolation == 'bicubic'
-    assert timm.create_model(SWIN_VSA[0]).layers[3].blocks[1].drop_path1.drop_prob == pytest.approx(0.2)
-    assert timm.create_model(SWIN_VSA[1]).layers[3].blocks[1].drop_path1.drop_prob == pytest.approx(0.3)
+    # Swin's recipe: drop path 0.2 / 0.3 (the class keeps the release's default 0.1), 20 warm-up epochs, EMA
+    assert [swin_vsa.TRAIN_RECIPES[name]['drop_path'] for name in SWIN_VSA] == [0.2, 0.3]
+    assert all(r['warmup_epochs'] == 20 and r['model_ema'] for r in swin_vsa.TRAIN_RECIPES.values())
+    assert timm.create_model(SWIN_VSA[0]).layers[3].blocks[1].drop_path1.drop_prob == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize('size', [(64, 64), (97, 131), (30, 45)])  # odd maps before merging, maps < window
@@ -177,38 +175,6 @@ def test_any_input_size(tiny, size):
         H, W = math.ceil(H / 2), math.ceil(W / 2)
 
 
-def test_features_only_and_forward_intermediates(tiny):
-    model = timm.create_model(TINY, features_only=True, out_indices=(1, 3)).eval()
-    assert model.feature_info.channels() == [32, 128] and model.feature_info.reduction() == [8, 32]
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        final, intermediates = tiny.forward_intermediates(x)
-        torch.testing.assert_close(final, tiny.forward_features(x), rtol=0, atol=0)
-        assert [f.shape[1:] for f in intermediates] == [(16, 16, 16), (32, 8, 8), (64, 4, 4), (128, 2, 2)]
-        nhwc = tiny.forward_intermediates(x, indices=[0], output_fmt='NHWC', intermediates_only=True)
-        torch.testing.assert_close(nhwc[0].permute(0, 3, 1, 2), intermediates[0])
-        normed = tiny.forward_intermediates(x, indices=[3], norm=True, intermediates_only=True)[0]
-        torch.testing.assert_close(normed.permute(0, 2, 3, 1), final)
-    pruned = timm.create_model(TINY, features_only=True, out_indices=(0, 1))
-    assert len(pruned.model.layers) == 2 and isinstance(pruned.model.layers[1].downsample, torch.nn.Identity)
-
-
-def test_grad_checkpointing_keeps_outputs_and_gradients():
-    torch.manual_seed(0)
-    model = timm.create_model(TINY, num_classes=5, drop_path_rate=0.)
-    assert_grad_checkpointing_keeps_gradients(model, torch.randn(2, 3, 64, 64), rtol=1e-5)
-
-
-def test_reset_classifier_and_head(tiny):
-    tiny.reset_classifier(10)
-    assert tiny.head.out_features == 10 and tiny.get_classifier() is tiny.head
-    tiny.reset_classifier(0, global_pool='')
-    with torch.no_grad():
-        assert tiny(torch.randn(1, 3, 64, 64)).shape == (1, 2, 2, 128)
-    headless = timm.create_model(TINY, num_classes=0).eval()
-    assert headless(torch.randn(1, 3, 64, 64)).shape == (1, 128)
-
-
 def test_no_weight_decay_follows_the_release(tiny):
     """No decay on 1-D parameters, biases and the relative position bias tables; regressor and CPE
     weights decay."""
@@ -221,32 +187,6 @@ def test_no_weight_decay_follows_the_release(tiny):
     params = dict(tiny.named_parameters())
     assert id(params['layers.0.blocks.0.attn.transform.2.weight']) not in no_decay
     assert id(params['layers.0.blocks.0.pos.weight']) not in no_decay
-
-
-def test_group_matcher_covers_all_parameters(tiny):
-    for coarse, expected_groups in ((False, 1 + 5 + 3 + 1), (True, 1 + 4 + 1)):
-        groups = group_parameters(tiny, tiny.group_matcher(coarse=coarse))
-        names = sorted(n for group in groups.values() for n in group)
-        assert names == sorted(n for n, _ in tiny.named_parameters())
-        assert len(groups) == expected_groups  # stem, blocks (+ merging) or stages, final norm with the head
-
-
-@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
-def test_torchscript(tiny):
-    assert_scripts(tiny, (97, 131))
-
-
-def test_fx_trace(tiny):
-    assert_fx_traces(tiny)
-
-
-@pytest.mark.parametrize('size', [(64, 64), pytest.param((97, 131), marks=pytest.mark.slow)])
-def test_torch_compile_captures_one_graph(tiny, size):
-    assert_compiles_to_one_graph(tiny, size)
-
-
-def test_onnx_export_matches_onnxruntime(tiny, tmp_path):
-    assert_onnx_matches_onnxruntime(tiny, tmp_path / 'swin_vsa.onnx')
 
 
 # --- ScalableViT with VSA windows (this package's extension) -----------------------------------------------

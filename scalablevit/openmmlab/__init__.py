@@ -3,9 +3,10 @@ behind `detection/` and `segmentation/`.
 
 Configs bring it in with
     custom_imports = dict(imports=['scalablevit.openmmlab'], allow_failed_imports=False)
-    model = dict(backbone=dict(type='ScalableViTBackbone', arch='small', ...))  # or 'SwinVSABackbone', 'tiny'
+    model = dict(backbone=dict(type='ScalableViTBackbone', arch='small', ...))  # one backbone per model family
 Importing it registers the backbones in each installed framework's model registry, lets mmengine read its own
-checkpoints under PyTorch's `torch.load(weights_only=True)` default and lets `--launcher pytorch` run on CPU.
+checkpoints under PyTorch's `torch.load(weights_only=True)` default, routes mmengine's local checkpoint reads and
+writes through the package's checkpoint policy (atomic, with digests) and lets `--launcher pytorch` run on CPU.
 `import scalablevit` alone never imports mmengine, mmdet or mmseg.
 """
 try:
@@ -15,13 +16,22 @@ except ImportError as error:
     raise ImportError(f'scalablevit.openmmlab needs the OpenMMLab stack ({error}): run `bash setup.sh '
                       '--openmmlab` (or install requirements-openmmlab.txt and mmcv 2.1.0 with its ops)') from error
 
-from .backbone import (
-    DenseBackboneMixin, ScalableViTBackbone, ScopeViTBackbone, SwinVSABackbone, ViTAEv2VSABackbone, register_backbone,
+from .backbone import BACKBONES, DenseBackboneMixin, backbone_class, register_backbone
+from .checks import DataCheckHook
+from .compat import (
+    CPUDistributedDataParallel, allow_mmengine_checkpoints, prepare_cpu_distributed, use_checkpoint_policy,
 )
-from .compat import CPUDistributedDataParallel, allow_mmengine_checkpoints, prepare_cpu_distributed
 
-__all__ = ['DenseBackboneMixin', 'ScalableViTBackbone', 'ScopeViTBackbone', 'SwinVSABackbone', 'ViTAEv2VSABackbone',
-           'register_backbone',
-           'CPUDistributedDataParallel', 'allow_mmengine_checkpoints', 'prepare_cpu_distributed']
+__all__ = ['BACKBONES', 'DenseBackboneMixin', 'backbone_class', 'register_backbone',
+           'CPUDistributedDataParallel', 'DataCheckHook', 'allow_mmengine_checkpoints', 'prepare_cpu_distributed',
+           'use_checkpoint_policy']
+
+
+def __getattr__(name: str):
+    """The families' backbone classes by name (`ScalableViTBackbone`, `SwinVSABackbone`, ...)."""
+    if name in BACKBONES:
+        return BACKBONES[name]
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 allow_mmengine_checkpoints()
+use_checkpoint_policy()

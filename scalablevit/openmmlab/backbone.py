@@ -1,16 +1,15 @@
-"""The models of this package as MMDetection / MMSegmentation backbones, through one generic mixin.
+"""The models of this package as MMDetection / MMSegmentation backbones: one generic mixin, and one backbone class
+per registered model family (`scalablevit.FAMILIES`), built from the family contract:
 
-A family becomes a backbone with one registration:
+    class ScalableViTBackbone(DenseBackboneMixin, ScalableViT)   # family.backbone_name, family.model_cls
+        arch_settings = family.arch_settings; default_arch = family.default_arch; norm_eps = family.norm_eps
+        checkpoint_filter = family.checkpoint_filter
 
-    @register_backbone
-    class ScalableViTBackbone(DenseBackboneMixin, ScalableViT):
-        arch_settings = ARCH_SETTINGS
-        checkpoint_filter = staticmethod(checkpoint_filter_fn)
-
-The model class needs the timm API the mixin relies on: `feature_info`, `forward_intermediates`,
-`prune_intermediate_layers`, `set_grad_checkpointing` and a coarse `group_matcher` (stem, then one group per
-stage). Parameter names stay those of the classifier (`patch_embeds.*`, `stages.*`, ...), so ImageNet
-checkpoints load as they are; the mixin adds only `out_norms.*`.
+A family registered later (`scalablevit.register_family`) gets its backbone registered then. The model class
+needs the timm API the mixin relies on: `feature_info`, `forward_intermediates`, `prune_intermediate_layers`,
+`set_grad_checkpointing` and a coarse `group_matcher` (stem, then one group per stage). Parameter names stay those
+of the classifier (`patch_embeds.*`, `stages.*`, ...), so ImageNet checkpoints load as they are; the mixin adds
+only `out_norms.*`.
 """
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
@@ -20,18 +19,17 @@ from mmengine.logging import print_log
 from timm.models import group_parameters
 
 from ..checkpoint import load_state_dict
-from .. import scope_vit, swin_vsa, vitae_vsa
-from ..scalable_vit import ARCH_SETTINGS, LN_EPS, ScalableViT, checkpoint_filter_fn
+from ..family import ModelFamily, on_family_registered
 
-__all__ = ['DenseBackboneMixin', 'register_backbone', 'ScalableViTBackbone', 'ScopeViTBackbone', 'SwinVSABackbone',
-           'ViTAEv2VSABackbone']
+__all__ = ['BACKBONES', 'DenseBackboneMixin', 'backbone_class', 'register_backbone']
 
 
 class DenseBackboneMixin:
     """Multi-scale NCHW features for dense prediction, for any model of this package.
 
     Args:
-        arch: A name in the class's `arch_settings`, or a dict of the model's architecture arguments.
+        arch: A name in the class's `arch_settings` (default: the family's `default_arch`), or a dict of the
+            model's architecture arguments.
         out_indices: Stages whose maps are returned; stages after the last one are not built.
         frozen_stages: The stem and stages 0..frozen_stages are frozen (weights fixed, eval mode); -1
             freezes none.
@@ -48,11 +46,13 @@ class DenseBackboneMixin:
         **kwargs: Further model arguments (e.g. `drop_path_rate`, `window_size`).
     """
     arch_settings: Dict[str, Dict] = {}
+    default_arch: str = ''
+    norm_eps: float = 1e-6
     checkpoint_filter: Callable = None
 
     def __init__(
             self,
-            arch: Union[str, Dict] = 'small',
+            arch: Union[str, Dict, None] = None,
             out_indices: Sequence[int] = (0, 1, 2, 3),
             frozen_stages: int = -1,
             norm_outputs: bool = True,
@@ -61,6 +61,8 @@ class DenseBackboneMixin:
             init_cfg: Optional[Dict] = None,
             **kwargs,
     ):
+        if arch is None:
+            arch = self.default_arch
         if isinstance(arch, str):
             if arch not in self.arch_settings:
                 raise ValueError(f'arch must be one of {sorted(self.arch_settings)} or a dict, got {arch!r}')
@@ -75,7 +77,7 @@ class DenseBackboneMixin:
         widths = [info['num_chs'] for info in self.feature_info]
         self.prune_intermediate_layers(list(self.out_indices), prune_norm=True)
         self.out_norms = nn.ModuleList([
-            nn.LayerNorm(widths[i], eps=LN_EPS) if norm_outputs and i in self.out_indices else nn.Identity()
+            nn.LayerNorm(widths[i], eps=self.norm_eps) if norm_outputs and i in self.out_indices else nn.Identity()
             for i in range(max(self.out_indices) + 1)
         ])
         self.set_grad_checkpointing(with_cp)
@@ -152,33 +154,27 @@ def register_backbone(cls: Type[nn.Module]) -> Type[nn.Module]:
     return cls
 
 
-@register_backbone
-class ScalableViTBackbone(DenseBackboneMixin, ScalableViT):
-    """ScalableViT at strides 4, 8, 16, 32; `arch` is 'small', 'base', 'large' or 'test' (the tiny model)."""
-    arch_settings = ARCH_SETTINGS
-    checkpoint_filter = staticmethod(checkpoint_filter_fn)
+def backbone_class(family: ModelFamily) -> Type[nn.Module]:
+    """The dense backbone of a family: `DenseBackboneMixin` over its model class, configured by its contract."""
+    variants = ', '.join(repr(v) for v in family.arch_settings)
+    return type(family.backbone_name, (DenseBackboneMixin, family.model_cls), dict(
+        __module__=__name__,
+        __doc__=f'{family.description or family.title} at strides 4, 8, 16, 32 (`feature_info`); `arch` is one of '
+                f'{variants} (default {family.default_arch!r}). See `DenseBackboneMixin` for the arguments.',
+        arch_settings=dict(family.arch_settings),
+        default_arch=family.default_arch,
+        norm_eps=family.norm_eps,
+        checkpoint_filter=staticmethod(family.checkpoint_filter),
+    ))
 
 
-@register_backbone
-class SwinVSABackbone(DenseBackboneMixin, swin_vsa.SwinTransformerVSA):
-    """Swin+VSA at strides 4, 8, 16, 32; `arch` is 'tiny', 'small' or 'test'. Maps before patch merging, as
-    MMDetection's Swin gives them."""
-    arch_settings = swin_vsa.ARCH_SETTINGS
-    checkpoint_filter = staticmethod(swin_vsa.checkpoint_filter_fn)
+BACKBONES: Dict[str, Type[nn.Module]] = {}  # backbone name -> class, one per registered family
 
 
-@register_backbone
-class ScopeViTBackbone(DenseBackboneMixin, scope_vit.ScopeViT):
-    """ScopeViT at strides 4, 8, 16, 32; `arch` is 'xtiny', 'tiny', 'small' or 'test'. The maps are the
-    stage BatchNorms' outputs, as the release's `fork_feat` model gives them, so configs set
-    `norm_outputs=False`; any input size runs (GSDA pads and masks)."""
-    arch_settings = scope_vit.ARCH_SETTINGS
-    checkpoint_filter = staticmethod(scope_vit.checkpoint_filter_fn)
+def _register_family_backbone(family: ModelFamily) -> None:
+    cls = register_backbone(backbone_class(family))
+    BACKBONES[family.backbone_name] = cls
+    globals()[family.backbone_name] = cls  # importable by name: `from scalablevit.openmmlab import SwinVSABackbone`
 
 
-@register_backbone
-class ViTAEv2VSABackbone(DenseBackboneMixin, vitae_vsa.ViTAEv2VSA):
-    """ViTAEv2*+VSA at strides 4, 8, 16, 32; `arch` is 's', '48m' or 'test'. The cells' BatchNorms (PCM) make
-    `norm_eval` the configs' choice, as for ScopeViT."""
-    arch_settings = vitae_vsa.ARCH_SETTINGS
-    checkpoint_filter = staticmethod(vitae_vsa.checkpoint_filter_fn)
+on_family_registered(_register_family_backbone)
