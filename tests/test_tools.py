@@ -10,6 +10,8 @@ import timm
 import torch
 from PIL import Image
 
+import scalablevit
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tools'))
 import export_onnx  # noqa: E402
@@ -72,6 +74,19 @@ def test_onnx_cli_with_checkpoint(tmp_path):
     out = run(ROOT / 'tools' / 'export_onnx.py', 'scalable_vit_small', '--checkpoint', checkpoint, '--features',
               '--out', tmp_path / 'backbone.onnx', '--model-kwargs', *[f'{k}={v}' for k, v in TINY_ARGS.items()])
     assert 'outputs: stage0, stage1, stage2, stage3' in out and '97x131' in out
+
+
+PACKAGE_FAMILIES = [f for f in scalablevit.FAMILIES if f.model_cls.__module__.startswith('scalablevit.')]
+
+
+@pytest.mark.parametrize('family', PACKAGE_FAMILIES, ids=lambda f: f.name)
+def test_onnx_cli_serves_every_family(tmp_path, family):
+    """Dynamic height and width where the family's graph allows it, else the traced size only, said so."""
+    pytest.importorskip('onnxruntime')
+    out = run(ROOT / 'tools' / 'export_onnx.py', family.test_model, '--out', tmp_path / 'model.onnx',
+              '--input-size', '64', '96')
+    assert ('97x131' in out) == family.onnx_dynamic_sizes
+    assert ('graph is for 64x96 inputs only' in out) == (not family.onnx_dynamic_sizes)
 
 
 def test_onnx_export_reads_checkpoints_by_the_ema_rule(tmp_path):
