@@ -124,11 +124,11 @@ def openmmlab_demo(task: str, tmp_path: Path) -> Path:
         sys.path.insert(0, str(DETECTION))
         from make_demo_coco import make_dataset
         make_dataset(tmp_path / 'data' / 'demo_coco', train_images=8, val_images=4)
-        return DETECTION / 'configs' / 'demo' / 'retinanet_scalablevit-tiny_fpn_demo-coco.py'
+        return DETECTION / 'configs' / 'demo' / 'retinanet_scalablevit-test_fpn_demo-coco.py'
     sys.path.insert(0, str(SEGMENTATION))
     from make_demo_ade import make_dataset
     make_dataset(tmp_path / 'data' / 'demo_ade', train_images=8, val_images=4)
-    return SEGMENTATION / 'configs' / 'demo' / 'fpn_scalablevit-tiny_demo-ade.py'
+    return SEGMENTATION / 'configs' / 'demo' / 'fpn_scalablevit-test_demo-ade.py'
 
 
 @pytest.mark.slow

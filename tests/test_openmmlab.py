@@ -274,7 +274,7 @@ def test_retinanet_trains_and_tests_on_two_processes(tmp_path):
     sys.path.insert(0, str(DETECTION))
     from make_demo_coco import make_dataset
     make_dataset(tmp_path / 'data' / 'demo_coco', train_images=8, val_images=4)
-    config = DETECTION / 'configs' / 'demo' / 'retinanet_scalablevit-tiny_fpn_demo-coco.py'
+    config = DETECTION / 'configs' / 'demo' / 'retinanet_scalablevit-test_fpn_demo-coco.py'
     work = tmp_path / 'work'
     log = distributed([DETECTION / 'dist_train.sh', config, 2, '--work-dir', work,
                        '--cfg-options', 'train_cfg.max_epochs=1'], cwd=tmp_path)
@@ -290,7 +290,7 @@ def test_semantic_fpn_trains_and_tests_on_two_processes(tmp_path):
     sys.path.insert(0, str(SEGMENTATION))
     from make_demo_ade import make_dataset
     make_dataset(tmp_path / 'data' / 'demo_ade', train_images=8, val_images=4)
-    config = SEGMENTATION / 'configs' / 'demo' / 'fpn_scalablevit-tiny_demo-ade.py'
+    config = SEGMENTATION / 'configs' / 'demo' / 'fpn_scalablevit-test_demo-ade.py'
     work = tmp_path / 'work'
     log = distributed([SEGMENTATION / 'dist_train.sh', config, 2, '--work-dir', work], cwd=tmp_path)
     assert 'Distributed training: True' in log and 'GPU number: 2' in log and (work / 'iter_4.pth').exists()

@@ -89,7 +89,7 @@ def test_train_test_tta_and_demo_on_cpu(tmp_path, method):
     """Train a few iterations on a generated ADE20K-layout dataset, evaluate mIoU through test.py plainly and
     with --aug-test (6 scales x flip), and write a colour overlay with demo.py."""
     root = make_dataset(tmp_path / 'data' / 'demo_ade', train_images=8, val_images=3)
-    config = SEGMENTATION / 'configs' / 'demo' / f'{method}_scalablevit-tiny_demo-ade.py'
+    config = SEGMENTATION / 'configs' / 'demo' / f'{method}_scalablevit-test_demo-ade.py'
     work = tmp_path / 'work'
     log = run([str(SEGMENTATION / 'train.py'), str(config), '--work-dir', str(work)], cwd=tmp_path)
     assert (work / 'iter_4.pth').exists() and 'mIoU' in log
@@ -129,7 +129,7 @@ def test_cityscapes_train_resume_and_test_on_cpu(tmp_path):
     train 4 iterations, resume to 6, evaluate mIoU over the 19 classes."""
     from make_demo_cityscapes import make_dataset as make_cityscapes
     make_cityscapes(tmp_path / 'data' / 'cityscapes_demo', train_images=6, val_images=2)
-    log = train_resume_and_test(tmp_path, 'upernet_swin-t-vsa-tiny_demo-cityscapes')
+    log = train_resume_and_test(tmp_path, 'upernet_swin-vsa-test_demo-cityscapes')
     assert 'traffic sign' in log and 0 <= float(log.split('mIoU: ')[-1].split()[0]) <= 100
 
 

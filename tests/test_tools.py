@@ -35,8 +35,8 @@ def test_flops_of_the_released_classifier():
 
 
 @pytest.mark.parametrize('config', [
-    'detection/configs/demo/retinanet_scalablevit-tiny_fpn_demo-coco.py',
-    'segmentation/configs/demo/fpn_scalablevit-tiny_demo-ade.py',
+    'detection/configs/demo/retinanet_scalablevit-test_fpn_demo-coco.py',
+    'segmentation/configs/demo/fpn_scalablevit-test_demo-ade.py',
 ])
 def test_flops_of_dense_models(config):
     pytest.importorskip('mmdet')
