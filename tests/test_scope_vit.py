@@ -214,8 +214,8 @@ def test_no_weight_decay_exempts_layer_scale(tiny):
 
 def test_one_to_four_stages():
     """Fewer stages than the release's four leave the later named slots empty; more are refused clearly."""
-    model = timm.create_model(TINY, depths=(1, 1, 1), embed_dims=(16, 32, 64), num_heads=(1, 2, 4),
-                              head_splits=((1, 1, 0), (1, 1, 0), (2, 1, 1)), kv_strides=(4, 2, 1)).eval()
+    model = timm.create_model(TINY, depths=(1, 1, 1), embed_dims=(16, 32, 64), num_heads=(2, 4, 8),
+                              head_splits=((1, 1, 0), (2, 1, 1), (4, 3, 1)), kv_strides=(4, 2, 1)).eval()
     assert not any(k.startswith(('blocks4', 'norm4', 'patch_embed4')) for k in model.state_dict())
     assert [info['reduction'] for info in model.feature_info] == [4, 8, 16]
     with torch.no_grad():
