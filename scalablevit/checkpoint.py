@@ -1,5 +1,6 @@
-"""The one checkpoint-reading policy of this package: every model family, `main.py`, the OpenMMLab backbones
-and the tools turn a checkpoint file into model weights through these functions.
+"""The one checkpoint policy of this package: every model family, `main.py`, the OpenMMLab backbones and runs
+and the tools turn a checkpoint file into model weights through these functions, and write checkpoints with
+`save_checkpoint`.
 
 The EMA rule (timm's default too, so `pretrained_cfg_overlay=dict(file=...)` agrees; `pretrained_overlay`
 gives the choice):
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
-
 import torch
 import torch.nn as nn
 

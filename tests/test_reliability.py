@@ -208,24 +208,30 @@ def test_second_run_on_a_folder_stops_at_once_naming_the_holder(data, tmp_path):
 
 @pytest.mark.slow
 def test_two_training_commands_on_one_folder(data, tmp_path):
-    """Two runs started on the same --output_dir: the second exits with status 2 and the holder's PID, the
-    first finishes with each epoch logged once."""
+    """Two runs started on the same --output_dir (both used to exit 0, logging every epoch twice): the second
+    exits at once with status 2 and the holder's PID while the first goes on."""
     out = tmp_path / 'shared'
     command = [sys.executable, 'main.py', *TRAIN, '--data-path', str(data), '--output_dir', str(out),
-               '--epochs', '2']
+               '--epochs', '100']
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    first = subprocess.Popen(command, cwd=CLASSIFICATION, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    first = subprocess.Popen(command, cwd=CLASSIFICATION, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True, env=env)
-    deadline = time.time() + 120
-    while not (out / LOCK_NAME).exists() or not (out / LOCK_NAME).read_text():
-        assert time.time() < deadline and first.poll() is None
-        time.sleep(0.1)
-    second = subprocess.run(command, cwd=CLASSIFICATION, capture_output=True, text=True, env=env, timeout=120)
-    assert second.returncode == 2 and f'PID {first.pid} on ' in second.stderr
-    assert 'Traceback' not in second.stderr
-    _, stderr = first.communicate(timeout=300)
-    assert first.returncode == 0, stderr[-3000:]
-    assert [json.loads(line)['epoch'] for line in (out / 'log.txt').read_text().splitlines()] == [0, 1]
+    try:
+        deadline = time.time() + 120
+        while not (out / LOCK_NAME).exists() or not (out / LOCK_NAME).read_text():
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.1)
+        second = subprocess.run(command, cwd=CLASSIFICATION, capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 2 and f'PID {first.pid} on ' in second.stderr
+        assert 'Traceback' not in second.stderr
+        while not (out / 'log.txt').exists() or len((out / 'log.txt').read_text().splitlines()) < 2:
+            assert time.time() < deadline and first.poll() is None, first.stderr.read()[-3000:]
+            time.sleep(0.2)
+    finally:
+        first.kill()
+        first.wait()
+    epochs = [json.loads(line)['epoch'] for line in (out / 'log.txt').read_text().splitlines()]
+    assert epochs == list(range(len(epochs)))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason='root writes to read-only folders')
@@ -403,3 +409,37 @@ def test_non_finite_float_image_is_unreadable(tmp_path):
     Image.fromarray(np.array([[0, np.nan]], np.float32)).save(path)
     with pytest.raises(cls_datasets.UnreadableImageError, match='NaN or infinite pixels'):
         cls_datasets.load_rgb(str(path))
+
+
+# --- pretrained files named through timm ---------------------------------------------------------------------
+
+@pytest.mark.parametrize('problem, message', [
+    ('missing', 'model.pth does not exist'),
+    ('empty', 'model.pth is empty'),
+    ('truncated', 'cannot read checkpoint .*model.pth \\(truncated, damaged or not a PyTorch checkpoint'),
+    ('wrong_kind', 'cannot read checkpoint .*model.pth \\(truncated, damaged or not a PyTorch checkpoint'),
+])
+def test_bad_pretrained_files_get_the_policy_messages(tmp_path, problem, message):
+    """`pretrained_cfg_overlay=dict(file=bad)` read by timm alone gave a bare FileNotFoundError(''),
+    EOFError('') or KeyError('101'); read by the policy (`read_pretrained_file`), the message names the file."""
+    path = tmp_path / 'model.pth'
+    if problem == 'empty':
+        path.write_bytes(b'')
+    elif problem == 'truncated':
+        torch.save({'model': create_tiny().state_dict()}, path)
+        path.write_bytes(path.read_bytes()[:3000])
+    elif problem == 'wrong_kind':
+        path.write_text('{"weights": [1, 2, 3]}')
+    with pytest.raises((FileNotFoundError, checkpoint_io.CheckpointError), match=message):
+        checkpoint_io.read_pretrained_file(True, dict(pretrained_cfg_overlay=dict(file=str(path))))
+
+
+def test_pretrained_file_read_by_the_policy_loads_through_timm(tmp_path):
+    source = create_tiny()
+    path = tmp_path / 'model.pth'
+    checkpoint_io.save_checkpoint({'model': source.state_dict(), 'epoch': 3}, path)
+    kwargs = checkpoint_io.read_pretrained_file(True, dict(pretrained_cfg_overlay=dict(file=str(path))))
+    model = timm.create_model(TINY_MODEL, pretrained=True, **kwargs)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in source.state_dict().items())
+    untouched = dict(pretrained_cfg_overlay=dict(file=str(path)))
+    assert checkpoint_io.read_pretrained_file(False, untouched) is untouched

@@ -1,11 +1,14 @@
 """What mmengine 0.10 needs on today's PyTorch: loading its own checkpoints under `torch.load`'s
-`weights_only=True` default, and distributed runs (`--launcher pytorch`) on machines without a GPU."""
+`weights_only=True` default, and distributed runs (`--launcher pytorch`) on machines without a GPU; and what this
+project adds: mmengine's local checkpoint reads and writes go through the package's checkpoint policy
+(`use_checkpoint_policy`)."""
 import argparse
 import codecs
 import copyreg
 import datetime
 import logging
 import os
+import os.path as osp
 
 import numpy as np
 import torch
@@ -14,8 +17,13 @@ from mmengine.config import Config
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
+from mmengine.runner import checkpoint as mmengine_checkpoint
+from mmengine.runner import runner as mmengine_runner
 
-__all__ = ['allow_mmengine_checkpoints', 'CPUDistributedDataParallel', 'prepare_cpu_distributed']
+from .. import checkpoint as checkpoint_io
+
+__all__ = ['allow_mmengine_checkpoints', 'use_checkpoint_policy', 'CPUDistributedDataParallel',
+           'prepare_cpu_distributed']
 
 
 def _reduce_history_buffer(buffer: HistoryBuffer) -> tuple:
@@ -38,6 +46,45 @@ def allow_mmengine_checkpoints() -> None:
     allowed += [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32,
                                               np.int64, np.uint8, np.bool_)]
     torch.serialization.add_safe_globals(allowed)
+
+
+def _is_local(filename: str) -> bool:
+    return '://' not in str(filename)
+
+
+def load_from_local(filename: str, map_location=None) -> dict:
+    """mmengine's reader for local files (its `load_from_local`, by the same name so that its log says 'local
+    backend'), by the checkpoint policy: digests checked, and NaN or infinite model weights (and optimizer
+    state) refused, each with an error naming the file and the tensor."""
+    filename = osp.expanduser(filename)
+    checkpoint = checkpoint_io.load_checkpoint_file(filename, map_location=map_location)
+    checkpoint_io.check_finite(checkpoint.get('state_dict', checkpoint), f'checkpoint {filename}')
+    if isinstance(checkpoint.get('optimizer'), dict):
+        checkpoint_io.check_finite({'optimizer': checkpoint['optimizer']}, f'checkpoint {filename}',
+                                   'optimizer state')
+    return checkpoint
+
+
+def _save_checkpoint(checkpoint: dict, filename: str, file_client_args=None, backend_args=None) -> None:
+    """mmengine's `save_checkpoint` with local files written by `scalablevit.checkpoint.save_checkpoint`
+    (temporary file, fsync, rename; tensor digests); other backends as mmengine writes them."""
+    if _is_local(filename) and file_client_args is None and not backend_args:
+        checkpoint_io.save_checkpoint(checkpoint, filename)
+    else:
+        _mmengine_save_checkpoint(checkpoint, filename, file_client_args=file_client_args,
+                                  backend_args=backend_args)
+
+
+_mmengine_save_checkpoint = mmengine_checkpoint.save_checkpoint
+
+
+def use_checkpoint_policy() -> None:
+    """Route mmengine's local checkpoint files through `scalablevit.checkpoint`: the Runner's (and so the
+    CheckpointHook's) writes become atomic with digests, so a kill during a save never leaves a truncated
+    `epoch_N.pth`; every local read (`load_from`, `--resume`, test.py, `init_cfg`) checks digests and finite
+    weights."""
+    mmengine_checkpoint.CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
+    mmengine_runner.save_checkpoint = _save_checkpoint
 
 
 @MODEL_WRAPPERS.register_module(force=True)

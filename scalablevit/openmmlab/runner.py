@@ -1,14 +1,27 @@
 """Train/test drivers shared by `detection/` and `segmentation/`: mmengine's Runner behind the original
-command lines (`train.py CONFIG [--resume]`, `test.py CONFIG CKPT [--eval METRICS]`)."""
+command lines (`train.py CONFIG [--resume]`, `test.py CONFIG CKPT [--eval METRICS]`).
+
+Both stop with one error message (exit status 1) instead of a wrong result: a training run takes its work dir
+for itself (`scalablevit.run_folder`), the heads' class counts and segmentation labels are checked against the
+data and COCO annotation files are validated before pycocotools reads them (`checks.py`), checkpoints are read
+and written by the package's checkpoint policy, and test.py refuses a checkpoint that does not fit the config's
+model unless `--allow-mismatch`.
+"""
 import argparse
+import functools
+import logging
 import os
 import os.path as osp
 from typing import Callable, List, Optional
 
 from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
 from mmengine.runner import Runner
 
+from ..checkpoint import CheckpointError
 from ..distributed import set_slurm_rendezvous
+from ..run_folder import RunFolderError, lock_run_folder
+from .checks import DataCheckError, checkpoint_mismatch, validate_annotation_files
 from .compat import prepare_cpu_distributed
 
 LAUNCHERS = ['none', 'pytorch', 'slurm', 'mpi']
@@ -38,9 +51,25 @@ def _load_config(args: argparse.Namespace) -> Config:
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     prepare_cpu_distributed(cfg)
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(isinstance(h, dict) and h.get('type') == 'DataCheckHook' for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type='DataCheckHook')]
     return cfg
 
 
+def _stops_with_message(driver: Callable) -> Callable:
+    """Turn the errors that say what to fix (locked or unwritable work dir, data or checkpoint that does not fit)
+    into one `error: ...` line and exit status 1, without a traceback."""
+    @functools.wraps(driver)
+    def run(*args, **kwargs):
+        try:
+            return driver(*args, **kwargs)
+        except (RunFolderError, DataCheckError, CheckpointError) as error:
+            raise SystemExit(f'error: {error}') from None
+    return run
+
+
+@_stops_with_message
 def train(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description='Train a model from a config')
     parser.add_argument('config', help='config file')
@@ -63,9 +92,13 @@ def train(argv: Optional[List[str]] = None) -> None:
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
+    if int(os.environ.get('RANK', '0')) == 0:
+        lock_run_folder(cfg.work_dir)  # one run per work dir: held until this process ends
+    validate_annotation_files(cfg, ('train', 'val'))
     Runner.from_cfg(cfg).train()
 
 
+@_stops_with_message
 def test(
         argv: Optional[List[str]] = None,
         add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
@@ -73,10 +106,14 @@ def test(
         after_build: Optional[Callable[[Runner, argparse.Namespace], None]] = None,
 ) -> dict:
     """Evaluate CHECKPOINT with the config's test loop; the hooks add task-specific options
-    (`--eval` metric names, test-time augmentation, result dumps)."""
+    (`--eval` metric names, test-time augmentation, result dumps). A checkpoint whose weights do not fit the
+    config's model exactly is refused with the mismatch list unless `--allow-mismatch`."""
     parser = argparse.ArgumentParser(description='Test (and evaluate) a checkpoint')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--allow-mismatch', action='store_true',
+                        help='evaluate even when the checkpoint lacks weights of the model, has others or has other '
+                             'shapes (those weights stay as initialised): a warning instead of an error')
     _common_arguments(parser)
     if add_arguments is not None:
         add_arguments(parser)
@@ -87,7 +124,16 @@ def test(
     cfg.load_from = args.checkpoint
     if adjust_config is not None:
         adjust_config(cfg, args)
+    validate_annotation_files(cfg, ('test',))
     runner = Runner.from_cfg(cfg)
+    mismatch = checkpoint_mismatch(runner.model, args.checkpoint)
+    if mismatch and not args.allow_mismatch:
+        raise SystemExit(f'error: checkpoint {args.checkpoint} does not fit the model of {args.config} (another '
+                         f'config\'s or another task\'s checkpoint?); pass --allow-mismatch to evaluate anyway:\n'
+                         f'{mismatch}')
+    if mismatch:
+        print_log(f'--allow-mismatch: checkpoint {args.checkpoint} does not fit the model:\n{mismatch}',
+                  logger='current', level=logging.WARNING)
     if after_build is not None:
         after_build(runner, args)
     return runner.test()
