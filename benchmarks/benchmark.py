@@ -15,7 +15,8 @@ top of what was held before it (activations, gradients, temporaries; weights and
 fragments; `tensor MB` is what CUDA's allocated-memory peak would report).
 On CPU the rows run with glibc malloc keeping freed memory for reuse (`--allocator cached`, the default),
 the role jemalloc/tcmalloc play in PyTorch's CPU tuning guides; `--allocator system` keeps glibc's defaults.
-The classification data loader can be timed too: `--loader-data PATH` (an ImageFolder train/ folder parent).
+The classification data loader can be timed too: `--loader-data PATH` (an ImageFolder train/ folder parent),
+and `--loader-shards DIR` the same images as WebDataset shards (`tools/make_shards.py`), at the same workers.
 """
 import argparse
 import ctypes
@@ -205,15 +206,20 @@ def run_row(args: argparse.Namespace, model: str, variant: str, mode: str) -> Di
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def loader_throughput(data_path: str, batch_size: int, workers: int, batches: int) -> float:
-    """Training images per second that the classification pipeline (decode + DeiT augmentation) delivers."""
+def loader_throughput(data_path: str, batch_size: int, workers: int, batches: int, shards: bool = False) -> float:
+    """Training images per second that the classification pipeline (decode + DeiT augmentation) delivers through
+    main.py's training loader: an ImageFolder, or with `shards` WebDataset shards (`--dataset wds`)."""
     sys.path.insert(0, str(ROOT / 'classification'))
+    import main as cls_main
     from datasets import build_dataset
-    from main import get_args_parser
-    args = get_args_parser().parse_args(['--data-path', data_path])
-    dataset, _ = build_dataset(is_train=True, args=args)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         drop_last=True, persistent_workers=workers > 0)
+    from shards import build_shard_split
+    args = cls_main.parse_args(['--data-path', data_path, '--batch-size', str(batch_size), '--num_workers',
+                                str(workers), '--dataset', 'wds' if shards else 'folder'])
+    args.distributed = False
+    dataset, _ = (build_shard_split if shards else build_dataset)(is_train=True, args=args)
+    sampler, loader = cls_main.build_train_loader(args, dataset)
+    epoch = 0
+    sampler.set_epoch(epoch)
     iterator = iter(loader)
     next(iterator)  # start-up of the workers is not throughput
     start, seen = time.perf_counter(), 0
@@ -221,6 +227,8 @@ def loader_throughput(data_path: str, batch_size: int, workers: int, batches: in
         try:
             images, _ = next(iterator)
         except StopIteration:
+            epoch += 1
+            sampler.set_epoch(epoch)
             iterator = iter(loader)
             images, _ = next(iterator)
         seen += images.shape[0]
@@ -247,6 +255,9 @@ def main() -> None:
     parser.add_argument('--no-variants', dest='variants', action='store_false',
                         help='skip the explicit-attention and gradient-checkpointing rows')
     parser.add_argument('--loader-data', help='also time the classification data loader on this dataset')
+    parser.add_argument('--loader-shards', help='also time the loader on these WebDataset shards of --loader-data '
+                                                '(tools/make_shards.py), at the same workers')
+    parser.add_argument('--loader-batches', type=int, default=20, help='batches the loader rows time')
     parser.add_argument('--loader-workers', type=int, default=10, help='DataLoader workers (DeiT default: 10)')
     parser.add_argument('--json', type=Path, help='write all results here')
     parser.add_argument('--_child', action='store_true', help=argparse.SUPPRESS)
@@ -300,9 +311,14 @@ def main() -> None:
     result = dict(device=args.device, threads=args.threads, allocator=args.allocator, matmul_peak_gflop_per_s=peak,
                   rows=rows)
     if args.loader_data:
-        speed = loader_throughput(args.loader_data, args.batch_size, args.loader_workers, batches=20)
+        speed = loader_throughput(args.loader_data, args.batch_size, args.loader_workers, args.loader_batches)
         result['loader_img_per_s'] = speed
         print(f'classification loader ({args.loader_workers} workers, DeiT train transforms): {speed:.1f} img/s')
+    if args.loader_shards:
+        speed = loader_throughput(args.loader_shards, args.batch_size, args.loader_workers, args.loader_batches,
+                                  shards=True)
+        result['loader_shards_img_per_s'] = speed
+        print(f'classification loader on shards ({args.loader_workers} workers): {speed:.1f} img/s')
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
         print(f'wrote {args.json}')

@@ -129,7 +129,7 @@ def build_transform(is_train: bool, args: argparse.Namespace) -> Callable:
             input_size=args.input_size,
             is_training=True,
             color_jitter=args.color_jitter,
-            auto_augment=args.aa,
+            auto_augment=None if args.aa in (None, '', 'none') else args.aa,  # --aa none: no RandAugment
             interpolation=args.train_interpolation,
             re_prob=args.reprob,
             re_mode=args.remode,

@@ -45,13 +45,16 @@ class StepMixup(Mixup):
 
 class StopRequest:
     """SIGTERM/SIGUSR1 (a Slurm preemption, `--signal=USR1@90`, torchrun forwarding SIGTERM) set a flag; the
-    training loop asks `agreed()` after every optimizer step, which all-reduces the flag (MAX, on the CPU: gloo)
-    so that every rank stops after the same step. The handlers only set the flag, so a signal never interrupts
-    a step or a checkpoint write."""
+    training loop asks `agreed()` after every optimizer step. Across ranks the flag is all-reduced (MAX, on the
+    CPU through gloo, so no GPU sync) without waiting: each call starts the reduction of this step's flag and
+    returns the previous step's result, so every rank stops after the same step, one step after the signal, and
+    the reduction's latency hides behind a step. The handlers only set the flag: a signal never interrupts a
+    step or a checkpoint write."""
 
     def __init__(self):
         self.signal: Optional[int] = None
         self._group = None
+        self._pending: Optional[Tuple[torch.Tensor, object]] = None
         if utils.is_dist_avail_and_initialized():
             self._group = dist.new_group(backend='gloo') if dist.get_backend() != 'gloo' else dist.group.WORLD
         self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
@@ -60,15 +63,27 @@ class StopRequest:
         self.signal = signum
 
     def agreed(self) -> bool:
-        """Whether any rank has received a stop signal (a collective: every rank calls it at the same step)."""
+        """Whether any rank had received a stop signal by the previous call (a collective: every rank calls it
+        at the same steps)."""
         if self._group is None:
             return self.signal is not None
+        result = self._wait()
         flag = torch.tensor([self.signal is not None], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        self._pending = flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        return result
+
+    def _wait(self) -> bool:
+        if self._pending is None:
+            return False
+        flag, work = self._pending
+        work.wait()
+        self._pending = None
         return bool(flag.item())
 
     def close(self) -> None:
-        """Give the signals back to their previous handlers."""
+        """Finish the reduction in flight and give the signals back to their previous handlers."""
+        if self._pending is not None:
+            self._wait()
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 

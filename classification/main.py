@@ -38,6 +38,7 @@ import utils
 from datasets import UnreadableImageError, build_dataset
 from engine import NonFiniteLossError, StepMixup, StopRequest, TrainingStopped, evaluate, throughput, train_one_epoch
 from sampler import ResumableSampler, SeededSamples, ignore_stop_signals
+from shards import ShardSplit, build_shard_split
 
 AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'none': None}
 # the exit status after a stop signal (SIGTERM, SIGUSR1) once the checkpoint is written: sysexits' EX_TEMPFAIL,
@@ -121,7 +122,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="normalisation std (default: the model's pretrained cfg)")
 
     # data, run and distributed settings
-    parser.add_argument('--data-path', default='data/imagenet', type=str, help='folder with train/ and val/')
+    parser.add_argument('--data-path', default='data/imagenet', type=str,
+                        help='folder with train/ and val/ (ImageFolder), or with the tar shards of --dataset wds')
+    parser.add_argument('--dataset', default='folder', choices=['folder', 'wds'],
+                        help='folder: ImageFolder; wds: WebDataset tar shards with _info.json (tools/make_shards.py)')
     parser.add_argument('--skip-bad-images', action='store_true',
                         help='skip (and count) unreadable images instead of stopping')
     parser.add_argument('--output_dir', default='', help='where to save checkpoints and log.txt')
@@ -175,6 +179,12 @@ def build_train_loader(args, dataset) -> tuple:
     order fixed by (seed, epoch) and with per-sample augmentation seeds (`sampler.py`), so that an epoch can
     resume at any step. The loader's own seed comes from a private generator, not the global stream."""
     world_size, rank = utils.get_world_size(), utils.get_rank()
+    if isinstance(dataset, ShardSplit):  # shards: the rank's batches come from the dataset itself
+        batches = dataset.loader_dataset(args.batch_size, args.num_workers, rank, world_size, train=True,
+                                         seed=args.seed)
+        return batches, torch.utils.data.DataLoader(
+            batches, batch_size=None, num_workers=args.num_workers, pin_memory=args.pin_mem,
+            worker_init_fn=ignore_stop_signals, generator=torch.Generator().manual_seed(args.seed))
     if args.distributed and args.repeated_aug:
         order = RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True)
     else:
@@ -189,6 +199,12 @@ def build_train_loader(args, dataset) -> tuple:
 
 
 def build_val_loader(args, dataset, batch_size: int) -> torch.utils.data.DataLoader:
+    if isinstance(dataset, ShardSplit):  # every sample once: all shards, or with --dist-eval the rank's share
+        split_ranks = args.distributed and args.dist_eval
+        batches = dataset.loader_dataset(batch_size, args.num_workers, utils.get_rank() if split_ranks else 0,
+                                         utils.get_world_size() if split_ranks else 1, train=False)
+        return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=args.num_workers,
+                                           pin_memory=args.pin_mem)
     if args.distributed and args.dist_eval:
         sampler = torch.utils.data.DistributedSampler(
             dataset, num_replicas=utils.get_world_size(), rank=utils.get_rank(), shuffle=False)
@@ -372,12 +388,14 @@ def mid_epoch_position(checkpoint: dict, args: argparse.Namespace, source: str) 
         return 0, None
     layout = {'world_size': utils.get_world_size(), 'batch_size': args.batch_size,
               'grad_accum_steps': args.grad_accum_steps}
-    saved = {key: position[key] for key in layout}
+    if args.dataset == 'wds':  # which shards a loader worker reads depends on their number
+        layout['num_workers'] = args.num_workers
+    saved = {key: position.get(key) for key in layout}
     if saved != layout:
         raise utils.UserInputError(
             f'{source} was written in the middle of epoch {position["epoch"]} by a run with {saved}; this run has '
-            f'{layout}. Resume it with the same processes, --batch-size and --grad-accum-steps (or resume from a '
-            f'checkpoint written at an epoch end).')
+            f'{layout}. Resume it with the same processes, --batch-size and --grad-accum-steps (shards: and '
+            f'--num_workers), or from a checkpoint written at an epoch end.')
     return position['step'], position['meters'][utils.get_rank()]
 
 
@@ -448,10 +466,11 @@ def main(args) -> None:
         raise utils.UserInputError('--eval needs the checkpoint to evaluate: pass --resume CHECKPOINT (or an '
                                    '--output_dir holding checkpoint.pth)')
 
-    dataset_val, num_classes = build_dataset(is_train=False, args=args)
+    build = build_shard_split if args.dataset == 'wds' else build_dataset
+    dataset_val, num_classes = build(is_train=False, args=args)
     dataset_train = None
     if not (args.eval or args.throughput):
-        dataset_train, train_classes = build_dataset(is_train=True, args=args)
+        dataset_train, train_classes = build(is_train=True, args=args)
         if dataset_train.classes != dataset_val.classes:
             only_train = sorted(set(dataset_train.classes) - set(dataset_val.classes))[:5]
             only_val = sorted(set(dataset_val.classes) - set(dataset_train.classes))[:5]
@@ -574,7 +593,7 @@ def main(args) -> None:
         """checkpoint.pth after `steps_done` optimizer steps of `epoch` (the ranks wait for the write)."""
         checkpoint = training_checkpoint(epoch - 1, dict(
             epoch=epoch, step=steps_done, meters=meters, world_size=utils.get_world_size(),
-            batch_size=args.batch_size, grad_accum_steps=args.grad_accum_steps))
+            batch_size=args.batch_size, grad_accum_steps=args.grad_accum_steps, num_workers=args.num_workers))
         if checkpoint is not None:
             utils.atomic_save(checkpoint, output_dir / 'checkpoint.pth')
             utils.logger.info(f'saved {output_dir / "checkpoint.pth"} at epoch {epoch}, step {steps_done}')
@@ -582,10 +601,14 @@ def main(args) -> None:
             dist.barrier()
 
     def stop_after_save(where: str) -> None:
+        """Once checkpoint.pth holds the position: requeue the Slurm job (--requeue, rank 0), then every rank
+        stops (exit status EXIT_STOPPED)."""
         if output_dir is None:
             utils.logger.warning('stopping on a signal without --output_dir: nothing was saved')
         if args.requeue and utils.is_main_process():
             requeue_slurm_job()
+        if args.distributed:
+            dist.barrier()  # no rank exits (which makes srun --kill-on-bad-exit end the others) before the requeue
         raise TrainingStopped(f'stopped by signal {stop.signal or "(on another rank)"} {where}; rerun the same '
                               f'command to resume from {output_dir / "checkpoint.pth" if output_dir else "nothing"}')
 
@@ -626,8 +649,6 @@ def main(args) -> None:
                     utils.atomic_save(checkpoint, output_dir / 'checkpoint_best.pth')
                 utils.atomic_save(checkpoint, output_dir / 'checkpoint.pth')
             if epoch + 1 < args.epochs and stop.agreed():
-                if args.distributed:
-                    dist.barrier()  # rank 0's write is complete before any rank exits
                 stop_after_save(f'after epoch {epoch}')
     finally:
         stop.close()

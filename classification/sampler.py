@@ -5,6 +5,7 @@ not depend on --num_workers.
 """
 import random
 import signal
+from contextlib import contextmanager
 from typing import Iterator, Tuple
 
 import numpy as np
@@ -22,6 +23,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def augmentation_seed(seed: int):
+    """Draw what happens inside from `seed`: in a DataLoader worker its generators are re-seeded; in the main
+    process (--num_workers 0) their states are restored after, so the training loop's own random streams
+    (drop path, mixup) are untouched."""
+    if get_worker_info() is not None:
+        seed_everything(seed)
+        yield
+        return
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        seed_everything(seed)
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
 
 
 class ResumableSampler(Sampler):
@@ -51,9 +71,7 @@ class ResumableSampler(Sampler):
 
 
 class SeededSamples(Dataset):
-    """`dataset[(index, seed)]`: the item, with its augmentation drawn from `seed`. In a DataLoader worker the
-    worker's generators are re-seeded; in the main process (--num_workers 0) their states are restored after,
-    so the training loop's own random streams (drop path, mixup) are untouched."""
+    """`dataset[(index, seed)]`: the item, with its augmentation drawn from `seed` (`augmentation_seed`)."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -63,17 +81,8 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, item: Tuple[int, int]):
         index, seed = item
-        if get_worker_info() is not None:
-            seed_everything(seed)
+        with augmentation_seed(seed):
             return self.dataset[index]
-        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-        try:
-            seed_everything(seed)
-            return self.dataset[index]
-        finally:
-            random.setstate(states[0])
-            np.random.set_state(states[1])
-            torch.set_rng_state(states[2])
 
 
 def ignore_stop_signals(worker_id: int) -> None:

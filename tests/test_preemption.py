@@ -174,3 +174,20 @@ def test_mid_epoch_checkpoint_needs_the_same_layout(data, tmp_path, monkeypatch)
     with pytest.raises(cls_utils.UserInputError, match='--batch-size and --grad-accum-steps'):
         train_in_process([*TRAINING, '--data-path', str(data), '--output_dir', str(tmp_path), '--epochs', '1',
                           '--num_workers', '0', '--grad-accum-steps', '2', '--override-resume'])
+
+
+def test_requeue_after_the_stop_is_saved(data, tmp_path, monkeypatch):
+    """--requeue under Slurm: once the checkpoint is written, rank 0 runs `scontrol requeue $SLURM_JOB_ID`."""
+    calls = tmp_path / 'scontrol.calls'
+    fake = tmp_path / 'bin' / 'scontrol'
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv('PATH', f'{fake.parent}{os.pathsep}{os.environ["PATH"]}')
+    monkeypatch.setenv('SLURM_JOB_ID', '4242')
+    monkeypatch.setattr(cls_main.StopRequest, 'agreed', lambda self: True)
+    with pytest.raises(cls_main.TrainingStopped):
+        train_in_process([*TRAINING, '--data-path', str(data), '--output_dir', str(tmp_path / 'out'), '--epochs',
+                          '1', '--num_workers', '0', '--requeue'])
+    assert calls.read_text() == 'requeue 4242\n'
+    assert torch.load(tmp_path / 'out' / 'checkpoint.pth', weights_only=True)['mid_epoch']['step'] == 1
