@@ -154,3 +154,46 @@ def test_openmmlab_slurm_train_and_test(slurm, task, tmp_path):
                           '--work-dir', tmp_path / 'test'], cwd=tmp_path, env=env, timeout=900)
     log = result.stdout + result.stderr
     assert ('coco/bbox_mAP' if task == 'detection' else 'mIoU') in log
+
+
+def test_resume_survives_a_torn_last_checkpoint(tmp_path):
+    """mmengine rewrites `last_checkpoint` in place: killed then, it is empty; `--resume` takes the newest
+    complete checkpoint instead (and the named one when it exists)."""
+    pytest.importorskip('mmengine')
+    from scalablevit.openmmlab.compat import find_resumable_checkpoint
+    for name in ('epoch_2.pth', 'epoch_10.pth', 'epoch_9.pth'):
+        (tmp_path / name).write_bytes(b'')
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_10.pth')  # no last_checkpoint
+    (tmp_path / 'last_checkpoint').write_text('')
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_10.pth')
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_11.pth'))
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_10.pth')
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_9.pth'))
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_9.pth')
+
+
+@pytest.mark.slow
+def test_detection_killed_mid_epoch_resumes(tmp_path):
+    """`kill -9` in the middle of the second epoch, with `last_checkpoint` torn as a kill during its rewrite
+    leaves it: `train.py --resume` continues from epoch 1 and finishes."""
+    pytest.importorskip('mmdet')
+    config = openmmlab_demo('detection', tmp_path)
+    work = tmp_path / 'work'
+    command = [sys.executable, str(DETECTION / 'train.py'), str(config), '--work-dir', str(work),
+               '--cfg-options', 'train_cfg.max_epochs=2']
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=dict(os.environ, OMP_NUM_THREADS='1'))
+    deadline = time.time() + 600
+    while not (work / 'epoch_1.pth').exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert process.poll() is None, 'the run ended before it could be killed'
+    process.kill()
+    process.wait()
+    assert not (work / 'epoch_2.pth').exists()
+    (work / 'last_checkpoint').write_text('')
+    result = run_command([str(DETECTION / 'train.py'), config, '--work-dir', work, '--resume',
+                          '--cfg-options', 'train_cfg.max_epochs=2'], cwd=tmp_path, timeout=900)
+    log = result.stdout + result.stderr
+    assert f'resuming from the newest checkpoint, {work / "epoch_1.pth"}' in log
+    assert 'resumed epoch: 1' in log and (work / 'epoch_2.pth').exists()

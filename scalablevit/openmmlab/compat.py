@@ -9,6 +9,8 @@ import datetime
 import logging
 import os
 import os.path as osp
+import re
+from typing import Optional
 
 import numpy as np
 import torch
@@ -78,13 +80,36 @@ def _save_checkpoint(checkpoint: dict, filename: str, file_client_args=None, bac
 _mmengine_save_checkpoint = mmengine_checkpoint.save_checkpoint
 
 
+_CHECKPOINT_NAME = re.compile(r'(?:epoch|iter)_(\d+)\.pth')
+
+
+def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
+    """mmengine's `find_latest_checkpoint` (the file that `last_checkpoint` names), safe against a kill at any
+    moment: mmengine rewrites `last_checkpoint` in place, so a kill then leaves it empty or torn; when it is, or
+    names a file that is gone, the newest `epoch_N.pth` / `iter_N.pth` of the work dir is taken instead (every
+    checkpoint there is complete: they are written atomically)."""
+    named = mmengine_checkpoint.find_latest_checkpoint(work_dir)
+    if named and osp.isfile(named):
+        return named
+    numbered = sorted((int(match.group(1)), name) for name in os.listdir(work_dir)
+                      if (match := _CHECKPOINT_NAME.fullmatch(name)))
+    if not numbered:
+        return None
+    newest = osp.join(work_dir, numbered[-1][1])
+    print_log(f'{osp.join(work_dir, "last_checkpoint")} ' + (f'names {named}, which does not exist' if named else
+              'is missing or empty') + f': resuming from the newest checkpoint, {newest}', logger='current',
+              level=logging.WARNING)
+    return newest
+
+
 def use_checkpoint_policy() -> None:
     """Route mmengine's local checkpoint files through `scalablevit.checkpoint`: the Runner's (and so the
     CheckpointHook's) writes become atomic with digests, so a kill during a save never leaves a truncated
     `epoch_N.pth`; every local read (`load_from`, `--resume`, test.py, `init_cfg`) checks digests and finite
-    weights."""
+    weights. `--resume` without a file finds the checkpoint by `find_resumable_checkpoint`."""
     mmengine_checkpoint.CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
     mmengine_runner.save_checkpoint = _save_checkpoint
+    mmengine_runner.find_latest_checkpoint = find_resumable_checkpoint
 
 
 @MODEL_WRAPPERS.register_module(force=True)
