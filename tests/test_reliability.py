@@ -281,16 +281,28 @@ def expected_lr(epoch: int, **flags) -> float:
 
 
 def test_resume_with_a_new_lr_applies_it_and_says_so(data, trained, tmp_path, capsys):
-    """Used to keep the old schedule without a word."""
+    """Used to keep the old schedule without a word. (The checkpoint's command line is edited to a 3-epoch run,
+    so that a third epoch remains; its tensors, and so their digests, are untouched.)"""
     out = copy_run(trained, tmp_path / 'lr')
-    run_in_process([*TRAIN, '--data-path', str(data), '--output_dir', str(out), '--epochs', '3',
-                    '--override-resume', '--lr', '8e-3'])
+    checkpoint = torch.load(out / 'checkpoint.pth', weights_only=True)
+    checkpoint['args']['epochs'] = 3
+    torch.save(checkpoint, out / 'checkpoint.pth')
+    run_in_process([*TRAIN, '--data-path', str(data), '--output_dir', str(out), '--epochs', '3', '--lr', '8e-3'])
     err = capsys.readouterr().err
     assert '--lr (scaled to the global batch): 0.000125 (checkpoint: 6.25e-05) -> applied' in err
-    assert '--epochs: 3 (checkpoint: 2) -> applied' in err
+    assert '--epochs' not in err
     logged = json.loads((out / 'log.txt').read_text().splitlines()[2])
     assert logged['epoch'] == 2 and logged['train_lr'] == pytest.approx(expected_lr(2, epochs=3, lr=8e-3))
     assert expected_lr(2, epochs=3, lr=8e-3) != pytest.approx(expected_lr(2, epochs=3, lr=4e-3))
+
+
+def test_resume_with_more_epochs_on_request(data, trained, tmp_path, capsys):
+    out = copy_run(trained, tmp_path / 'epochs')
+    run_in_process([*TRAIN, '--data-path', str(data), '--output_dir', str(out), '--epochs', '3',
+                    '--override-resume'])
+    assert '--epochs: 3 (checkpoint: 2) -> applied' in capsys.readouterr().err
+    logged = json.loads((out / 'log.txt').read_text().splitlines()[2])
+    assert logged['epoch'] == 2 and logged['train_lr'] == pytest.approx(expected_lr(2, epochs=3))
 
 
 @pytest.mark.parametrize('flags, listed', [
