@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,9 @@ import export_onnx  # noqa: E402
 import get_flops  # noqa: E402
 
 from helpers import TINY_ARGS, TINY_MODEL  # noqa: E402
+
+# the package's families (a subprocess does not see the test-only one of tests/toy_family.py)
+PACKAGE_FAMILIES = [f for f in scalablevit.FAMILIES if f.model_cls.__module__.startswith('scalablevit.')]
 
 
 def run(*args):
@@ -54,6 +58,17 @@ def test_model_zoo_table_lists_the_paper_models():
     assert all(Path(target).stem in zoo for target, _, _ in get_flops.PAPER + get_flops.OTHER_FAMILIES)
 
 
+def test_model_zoo_rows_come_from_the_families(monkeypatch):
+    """Every released variant has a zoo row; a new family's variants get rows with no published numbers."""
+    assert get_flops.unlisted_family_models() == []
+    listed = {target for target, _, _ in get_flops.PAPER + get_flops.OTHER_FAMILIES}
+    for family in PACKAGE_FAMILIES:
+        assert {name for variant, name in family.model_names.items() if variant != 'test'} <= listed
+    new_family = SimpleNamespace(model_names={'base': 'new_net_base', 'test': 'new_net_test'})
+    monkeypatch.setattr(scalablevit, 'FAMILIES', [*scalablevit.FAMILIES, new_family])
+    assert get_flops.unlisted_family_models() == [('new_net_base', None, None)]
+
+
 @pytest.mark.parametrize('features', [False, True])
 def test_onnx_export_matches_pytorch(tmp_path, features):
     """Dynamic batch (and H/W for the backbone): sizes that need no padding and that need it in every stage."""
@@ -74,9 +89,6 @@ def test_onnx_cli_with_checkpoint(tmp_path):
     out = run(ROOT / 'tools' / 'export_onnx.py', 'scalable_vit_small', '--checkpoint', checkpoint, '--features',
               '--out', tmp_path / 'backbone.onnx', '--model-kwargs', *[f'{k}={v}' for k, v in TINY_ARGS.items()])
     assert 'outputs: stage0, stage1, stage2, stage3' in out and '97x131' in out
-
-
-PACKAGE_FAMILIES = [f for f in scalablevit.FAMILIES if f.model_cls.__module__.startswith('scalablevit.')]
 
 
 @pytest.mark.parametrize('family', PACKAGE_FAMILIES, ids=lambda f: f.name)
