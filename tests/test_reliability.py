@@ -175,33 +175,34 @@ def test_edited_checkpoints_load_when_only_keys_were_removed_or_added(trained, t
 
 # --- one run per output folder ----------------------------------------------------------------------------
 
-def hold_lock(folder: Path) -> subprocess.Popen:
-    """Another process that takes `folder`'s lock and keeps it until killed."""
-    holder = subprocess.Popen(
-        [sys.executable, '-c', 'import sys, time; from scalablevit.run_folder import lock_run_folder; '
-                               'lock_run_folder(sys.argv[1]); print("locked", flush=True); time.sleep(600)',
-         str(folder)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == 'locked'
-    return holder
+def hold_lock(folder: Path, pid: int = 4242) -> int:
+    """Hold `folder`'s lock as another run would: flock on a descriptor of its own (flock locks belong to the
+    open file, so this process's later attempt conflicts like another process's); returns the descriptor."""
+    import fcntl
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f'PID {pid} on node7, since 2026-12-01 20:00:00 UTC\n'.encode())
+    return fd
 
 
 def test_second_run_on_a_folder_stops_at_once_naming_the_holder(data, tmp_path):
+    """Two runs on one --output_dir used to both exit 0 with every epoch logged twice, and the second deleted
+    the first's in-flight checkpoint write."""
     out = tmp_path / 'run'
-    out.mkdir()
-    in_flight = out / f'.checkpoint.pth.tmp-{os.getpid() + 1}'  # the holder's save in progress
-    holder = hold_lock(out)
+    fd = hold_lock(out)
+    in_flight = out / '.checkpoint.pth.tmp-4242'  # the holder's save in progress
+    in_flight.write_bytes(b'partial')
     try:
-        in_flight.write_bytes(b'partial')
         started = time.time()
-        with pytest.raises(cls_utils.UserInputError, match=f'in use by another run: PID {holder.pid} on '):
+        with pytest.raises(cls_utils.UserInputError, match='in use by another run: PID 4242 on node7'):
             run_in_process([*TRAIN, '--data-path', str(data), '--output_dir', str(out), '--epochs', '1'])
         assert time.time() - started < 5
         assert in_flight.exists()  # only the lock holder removes temporaries
         assert not (out / 'log.txt').exists()
     finally:
-        holder.kill()
-        holder.wait()
-    lock = lock_run_folder(out)  # the kernel released the killed holder's lock; stale temporaries go now
+        os.close(fd)
+    lock = lock_run_folder(out)  # the holder is gone: its lock with it; stale temporaries go now
     assert not in_flight.exists() and f'PID {os.getpid()} ' in (out / LOCK_NAME).read_text()
     lock.release()
 
@@ -232,6 +233,7 @@ def test_two_training_commands_on_one_folder(data, tmp_path):
         first.wait()
     epochs = [json.loads(line)['epoch'] for line in (out / 'log.txt').read_text().splitlines()]
     assert epochs == list(range(len(epochs)))
+    lock_run_folder(out).release()  # the kernel released the killed run's lock
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason='root writes to read-only folders')
@@ -296,6 +298,7 @@ def test_resume_with_a_new_lr_applies_it_and_says_so(data, trained, tmp_path, ca
     assert expected_lr(2, epochs=3, lr=8e-3) != pytest.approx(expected_lr(2, epochs=3, lr=4e-3))
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_on_request(data, trained, tmp_path, capsys):
     out = copy_run(trained, tmp_path / 'epochs')
     run_in_process([*TRAIN, '--data-path', str(data), '--output_dir', str(out), '--epochs', '3',
