@@ -242,14 +242,26 @@ def test_label_values_are_checked_and_the_ignore_index_kept():
         hook.before_train_iter(FakeRunner(), 0, dict(data_samples=[FakeSample([[0, 219, 150]], 'ADE_1.png')]))
 
 
-def test_segmentation_training_stops_on_out_of_range_labels(tmp_path, monkeypatch):
-    """A label value above the class count used to stop with 'Target 219 is out of bounds' (a traceback)."""
+@pytest.fixture
+def ade(tmp_path, monkeypatch) -> Path:
+    """The demo ADE20K-layout dataset where the demo configs look for it."""
     pytest.importorskip('mmseg')
     sys.path.insert(0, str(SEGMENTATION))
     from make_demo_ade import make_dataset as make_ade
     monkeypatch.chdir(tmp_path)
-    root = make_ade(tmp_path / 'data' / 'demo_ade', train_images=2, val_images=1)
-    for label in (root / 'annotations' / 'training').iterdir():
+    return make_ade(tmp_path / 'data' / 'demo_ade', train_images=2, val_images=1)
+
+
+def test_segmentation_class_count_is_checked_before_the_first_step(ade, tmp_path):
+    with pytest.raises(SystemExit, match=r'model.decode_head \(FPNHead\) predicts num_classes=100, but the train '
+                                         r'dataset \(ADE20KDataset.*has 150 classes'):
+        run_train([str(SEM_FPN), '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+                   'model.decode_head.num_classes=100'])
+
+
+def test_segmentation_training_stops_on_out_of_range_labels(ade, tmp_path):
+    """A label value above the class count used to stop with 'Target 219 is out of bounds' (a traceback)."""
+    for label in (ade / 'annotations' / 'training').iterdir():
         Image.fromarray(np.full((96, 128), 220, np.uint8)).save(label)
     with pytest.raises(SystemExit, match=r'error: label map .*annotations/training/ADE_train_\d+.png holds label '
                                          r'values \[219\]'):

@@ -55,7 +55,8 @@ class DataCheckHook(Hook):
         for name, module in model.named_modules():
             count = getattr(module, 'num_classes', None)
             parts = name.split('.')
-            if (not isinstance(count, int) or 'backbone' in parts or parts[-1] == 'rpn_head'
+            # the segmentor's own num_classes mirrors its decode head's, which is reported instead
+            if (not isinstance(count, int) or not name or 'backbone' in parts or parts[-1] == 'rpn_head'
                     or type(module).__name__ == 'FusedSemanticHead'):
                 continue
             if count != len(classes):
