@@ -33,7 +33,7 @@ from timm.layers import (
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .checkpoint import filter_for_model
+from .checkpoint import filter_for_model, read_pretrained_file
 from .family import ModelFamily, register_family
 from .layers import attend, check_input_size, key_padding_mask
 from .vsa import WindowRegressor, varied_size_window_attention
@@ -652,6 +652,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: ScalableViT
 
 def _create_scalable_vit(variant: str, pretrained: bool = False, **kwargs) -> ScalableViT:
     out_indices = kwargs.pop('out_indices', 4)
+    kwargs = read_pretrained_file(pretrained, kwargs)  # a local file by the checkpoint policy
     return build_model_with_cfg(
         ScalableViT,
         variant,

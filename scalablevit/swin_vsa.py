@@ -26,7 +26,7 @@ from timm.layers import DropPath, Mlp, calculate_drop_path_rates, get_device_dty
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .checkpoint import filter_for_model
+from .checkpoint import filter_for_model, read_pretrained_file
 from .family import ModelFamily, register_family
 from .vsa import VSAttention
 
@@ -347,6 +347,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: SwinTransfo
 
 def _create_swin_vsa(variant: str, pretrained: bool = False, **kwargs) -> SwinTransformerVSA:
     out_indices = kwargs.pop('out_indices', 4)
+    kwargs = read_pretrained_file(pretrained, kwargs)  # a local file by the checkpoint policy
     return build_model_with_cfg(
         SwinTransformerVSA,
         variant,

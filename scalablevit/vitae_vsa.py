@@ -38,7 +38,7 @@ from timm.layers import (
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .checkpoint import filter_for_model
+from .checkpoint import filter_for_model, read_pretrained_file
 from .family import ModelFamily, register_family
 from .layers import check_input_size
 from .vsa import (
@@ -574,6 +574,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: ViTAEv2VSA)
 
 def _create_vitae_vsa(variant: str, pretrained: bool = False, **kwargs) -> ViTAEv2VSA:
     out_indices = kwargs.pop('out_indices', 4)
+    kwargs = read_pretrained_file(pretrained, kwargs)  # a local file by the checkpoint policy
     return build_model_with_cfg(
         ViTAEv2VSA,
         variant,

@@ -226,6 +226,19 @@ def test_released_format_checkpoint_loads_through_timm(family, tmp_path):
         torch.testing.assert_close(loaded(x), source(x), rtol=0, atol=0)
 
 
+@family_params
+def test_bad_pretrained_files_get_the_checkpoint_policy_messages(family, tmp_path):
+    """`pretrained_cfg_overlay=dict(file=...)` is read by the package's policy in every family's create
+    function: a missing or truncated file is an error that names it."""
+    path = tmp_path / 'model.pth'
+    with pytest.raises(FileNotFoundError, match='model.pth does not exist'):
+        timm.create_model(family.test_model, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    torch.save({'model': create(family).state_dict()}, path)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(Exception, match='cannot read checkpoint .*model.pth'):
+        timm.create_model(family.test_model, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
 @pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
 @family_params
 def test_torchscript(family):

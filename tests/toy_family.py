@@ -11,7 +11,7 @@ from timm.layers import DropPath, LayerNorm2d, calculate_drop_path_rates, get_de
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from scalablevit.checkpoint import filter_for_model
+from scalablevit.checkpoint import filter_for_model, read_pretrained_file
 from scalablevit.family import ModelFamily, register_family
 
 LN_EPS = 1e-6
@@ -194,6 +194,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: ToyNet) -> 
 
 def _create_toy_net(variant: str, pretrained: bool = False, **kwargs) -> ToyNet:
     out_indices = kwargs.pop('out_indices', 4)
+    kwargs = read_pretrained_file(pretrained, kwargs)  # a local file by the checkpoint policy
     return build_model_with_cfg(ToyNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
 
