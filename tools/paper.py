@@ -65,9 +65,12 @@ OTHER_FAMILIES = [
     ('segmentation/configs/scope_vit/upernet_scopevit-t_8xb2-160k_ade20k-512x512.py', 35.94, None),
     ('segmentation/configs/scope_vit/upernet_scopevit-s_8xb2-160k_ade20k-512x512.py', 47.96, None),
     ('vitaev2_vsa_s', 19.77, 5.76),
-    ('vitaev2_vsa_48m', 51.09, 15.09),  # the released widePCM model; ours is a reconstruction (49.38 M)
+    ('vitaev2_vsa_48m', 51.09, 15.09),  # the released `ViTAEv2_VSA_widePCM_48M`
     ('detection/configs/vitae_vsa/mask-rcnn_vitaev2-s-vsa_fpn_ms-crop-3x_coco.py', 39.41, None),
     ('detection/configs/vitae_vsa/cascade-mask-rcnn_vitaev2-s-vsa_fpn_4conv1fc-giou_ms-crop-3x_coco.py', None, None),
+    ('detection/configs/vitae_vsa/mask-rcnn_vitaev2-48m-vsa_fpn_ms-crop-3x_coco.py', 70.6, None),
+    ('detection/configs/vitae_vsa/cascade-mask-rcnn_vitaev2-48m-vsa_fpn_4conv1fc-giou_ms-crop-3x_coco.py', None,
+     None),
 ]
 
 
