@@ -106,8 +106,8 @@ def run(args, cwd):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['retinanet_scalablevit-tiny_fpn_demo-coco', 'mask-rcnn_scalablevit-tiny_fpn_demo-coco',
-                                  'mask-rcnn_swin-t-vsa-tiny_fpn_demo-coco', 'mask-rcnn_scopevit-test_fpn_demo-coco',
+@pytest.mark.parametrize('name', ['retinanet_scalablevit-test_fpn_demo-coco', 'mask-rcnn_scalablevit-test_fpn_demo-coco',
+                                  'mask-rcnn_swin-vsa-test_fpn_demo-coco', 'mask-rcnn_scopevit-test_fpn_demo-coco',
                                   'mask-rcnn_vitaev2-vsa-test_fpn_demo-coco'])
 def test_train_resume_test_and_demo_on_cpu(tmp_path, name):
     """Train two epochs on a generated COCO dataset, resume for a third, evaluate with the COCO metric
@@ -150,7 +150,7 @@ def test_demo_dataset_is_valid_coco(tmp_path):
 
 def test_no_weight_decay_on_norms_and_peg():
     from mmengine.optim import build_optim_wrapper
-    cfg, model = build_detector(DETECTION / 'configs' / 'demo' / 'retinanet_scalablevit-tiny_fpn_demo-coco.py')
+    cfg, model = build_detector(DETECTION / 'configs' / 'demo' / 'retinanet_scalablevit-test_fpn_demo-coco.py')
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     decay = {id(p): group['weight_decay'] for group in wrapper.optimizer.param_groups for p in group['params']}
     params = dict(model.named_parameters())
