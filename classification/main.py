@@ -374,8 +374,9 @@ def load_finetune_weights(model: torch.nn.Module, path: str, use_ema: Optional[b
             f'--finetune {path} does not fit --model {model.pretrained_cfg["architecture"]} (only the classifier '
             f'{classifier[:-1]} may differ):\n{checkpoint_io.describe_mismatch(shape_errors, missing, unexpected)}')
     model.load_state_dict({k: v for k, v in state_dict.items() if k not in reinitialised}, strict=False)
-    utils.logger.info(f'Fine-tuning from the {chosen!r} weights of {path}: loaded {len(state_dict) - len(reinitialised)} '
-                      f'tensors; not loaded: {reinitialised or "none"} (re-initialised: another class count)'
+    loaded = len(state_dict) - len(reinitialised)
+    utils.logger.info(f'Fine-tuning from the {chosen!r} weights of {path}: loaded {loaded} tensors; not loaded: '
+                      f'{reinitialised or "none"} (re-initialised: another class count)'
                       + (f', {kept_buffers} (the model\'s buffers)' if kept_buffers else ''))
 
 

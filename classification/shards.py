@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
@@ -152,7 +151,8 @@ class ShardBatches(IterableDataset):
         """Per worker role: the batches it yields in this epoch (evaluation: ceil(its samples / batch))."""
         shards = self._rank_shards()
         if not self.train:
-            return [-(-sum(n for _, n in shards[role::self.workers]) // self.batch_size) for role in range(self.workers)]
+            return [-(-sum(n for _, n in shards[role::self.workers]) // self.batch_size)
+                    for role in range(self.workers)]
         total = self.batches_per_epoch
         return [len(range(role, total, self.workers)) for role in range(self.workers)]
 

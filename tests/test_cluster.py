@@ -97,7 +97,8 @@ def test_classification_under_srun(slurm, data, tmp_path):
     out = tmp_path / 'srun'
     result = run_command(['srun', '-n', '2', '-N', '1', '--kill-on-bad-exit=1', sys.executable, 'main.py',
                           *TINY_TRAINING, '--data-path', data, '--output_dir', out, '--epochs', '1',
-                          '--num_workers', '0'], cwd=CLASSIFICATION, timeout=300, env=slurm)
+                          '--num_workers', '0'], cwd=CLASSIFICATION, timeout=300,
+                         env=dict(slurm, MASTER_PORT=str(free_port())))
     assert 'distributed init (rank 0 of 2, gloo)' in result.stdout
     assert (out / 'checkpoint.pth').exists()
 
@@ -106,7 +107,8 @@ def test_slurm_rendezvous_from_srun_environment(monkeypatch):
     """The variables srun sets for task 1 of 2 on one node become torch.distributed's env:// rendezvous."""
     from scalablevit.distributed import set_slurm_rendezvous
     for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, '')  # restored (or removed) after the test, whatever the function sets
+        monkeypatch.delenv(name)
     for name, value in dict(SLURM_PROCID='1', SLURM_NTASKS='2', SLURM_LOCALID='1', SLURM_JOB_ID='4321',
                             SLURM_STEP_NODELIST='node7', SLURM_NODELIST='node7').items():
         monkeypatch.setenv(name, value)
@@ -140,7 +142,8 @@ def test_openmmlab_slurm_train_and_test(slurm, task, tmp_path):
     pytest.importorskip('mmseg')
     config = openmmlab_demo(task, tmp_path)
     folder = DETECTION if task == 'detection' else SEGMENTATION
-    env = dict(slurm, PATH=venv_path(), GPUS='2', GPUS_PER_NODE='2', CPUS_PER_TASK='1', GRES='')
+    env = dict(slurm, PATH=venv_path(), GPUS='2', GPUS_PER_NODE='2', CPUS_PER_TASK='1', GRES='',
+               MASTER_PORT=str(free_port()))  # free: a fixed port may meet another run's rendezvous
     work = tmp_path / 'work'
     options = ['--cfg-options', 'train_cfg.max_epochs=1'] if task == 'detection' else []
     result = run_command(['bash', folder / 'slurm_train.sh', 'debug', f'{task}-train', config, work, *options],
