@@ -10,7 +10,8 @@ Every rank takes the same number of batches per epoch (the ImageFolder path's), 
 shards to fill its share, so DDP ranks step together. Each worker's stream and every sample's augmentation seed
 are functions of (seed, epoch, rank, worker role, position), so an epoch replays exactly: a resumed run skips the
 batches it had already trained on by reading past them without decoding. That needs the same --num_workers
-(which shards a worker reads depends on it); for ImageFolder it does not.
+(which shards a worker reads depends on it); for ImageFolder it does not. With --skip-bad-images, each skipped
+image before the resume point shifts the resumed stream by one sample.
 """
 import io
 import json
