@@ -8,7 +8,7 @@ import pytest
 import torch
 from timm.utils import random_seed
 
-from helpers import ROOT
+from helpers import ROOT, free_port, run_command
 
 CLASSIFICATION = ROOT / 'classification'
 sys.path.insert(0, str(CLASSIFICATION))
@@ -50,6 +50,45 @@ def test_accumulation_matches_the_large_batch(data, tmp_path, capsys):
         torch.testing.assert_close(accumulated['model'][key], value, rtol=1e-4, atol=2e-6, msg=key)
         moved += not torch.equal(value, initial[key])
     assert moved > len(large['model']) // 2  # the weights did train
+
+
+@pytest.mark.slow
+def test_accumulation_under_ddp_matches_the_large_batch(data, tmp_path):
+    """2 processes: 2 x 4 images per step (DDP all-reduces only on the second micro-batch, `no_sync` on the first)
+    give the weights of 8 images per step, to float32 rounding."""
+    common = [*TINY, '--data-path', str(data), '--epochs', '1', '--mixup', '0', '--cutmix', '0', '--drop-path', '0',
+              '--warmup-epochs', '0']
+    for name, batch in (('large', ['--batch-size', '8']), ('acc', ['--batch-size', '4', '--grad-accum-steps', '2'])):
+        run_command([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+                     f'--master_port={free_port()}', 'main.py', *common, *batch, '--output_dir', tmp_path / name],
+                    cwd=CLASSIFICATION, timeout=600)
+    large, accumulated = (torch.load(tmp_path / d / 'checkpoint.pth', weights_only=True) for d in ('large', 'acc'))
+    assert large['args']['grad_accum_steps'] == 1 and accumulated['args']['grad_accum_steps'] == 2
+    for key, value in large['model'].items():
+        torch.testing.assert_close(accumulated['model'][key], value, rtol=1e-4, atol=2e-6, msg=key)
+
+
+def test_no_sync_on_all_but_the_last_micro_batch():
+    """With K micro-batches per step the DDP wrapper's `no_sync` covers the first K - 1 backward passes of every
+    step (the epoch's last step takes what is left: here 7 micro-batches = steps of 3, 3 and 1)."""
+    import contextlib
+
+    import engine
+    entered = []
+
+    class CountingDDP:
+        @contextlib.contextmanager
+        def no_sync(self):
+            entered.append(1)
+            yield
+
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in range(7)]
+    stats, stopped = engine.train_one_epoch(model, torch.nn.CrossEntropyLoss(), loader, optimizer,
+                                            torch.device('cpu'), 0, None, None, accum_steps=3,
+                                            ddp_model=CountingDDP())
+    assert len(entered) == 2 + 2 + 0 and not stopped and stats['loss'] > 0
 
 
 def test_mixup_draws_once_per_optimizer_step():
