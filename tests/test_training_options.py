@@ -148,6 +148,20 @@ def test_finetune_to_other_classes_and_size(pretrained, tmp_path, monkeypatch, c
     assert len(captured['lr_scales']) > 2 and captured['lr_scales'][-1] == 1.0 and captured['lr_scales'][0] < 0.5
 
 
+@pytest.mark.parametrize('model', ['scalable_vit_test', 'swin_vsa_test', 'scope_vit_test', 'vitaev2_vsa_test'])
+def test_finetune_loads_every_family(tmp_path, model):
+    """Every family: a 4-class checkpoint into a 5-class model; only the classifier's last layer is left out."""
+    import timm
+    source = timm.create_model(model, num_classes=4).state_dict()
+    torch.save({'model': source}, tmp_path / 'source.pth')
+    target = timm.create_model(model, num_classes=5)
+    cls_main.load_finetune_weights(target, str(tmp_path / 'source.pth'), use_ema=None)
+    state = target.state_dict()
+    differing = sorted(k for k, v in source.items() if v.shape != state[k].shape or not torch.equal(v, state[k]))
+    classifier = target.pretrained_cfg['classifier']
+    assert differing == [f'{classifier}.bias', f'{classifier}.weight']
+
+
 def test_finetune_refuses_another_variant(pretrained, data):
     with pytest.raises(cls_utils.UserInputError, match='only the classifier head.3 may differ'):
         train_in_process([*TINY, '--model-kwargs', 'embed_dims=(16,32,64,96)', '--data-path', str(data),
