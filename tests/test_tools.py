@@ -91,6 +91,7 @@ def test_onnx_cli_with_checkpoint(tmp_path):
     assert 'outputs: stage0, stage1, stage2, stage3' in out and '97x131' in out
 
 
+@pytest.mark.slow  # a subprocess per family
 @pytest.mark.parametrize('family', PACKAGE_FAMILIES, ids=lambda f: f.name)
 def test_onnx_cli_serves_every_family(tmp_path, family):
     """Dynamic height and width where the family's graph allows it, else the traced size only, said so."""
