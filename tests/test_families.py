@@ -250,7 +250,8 @@ def test_fx_trace(family):
     assert_fx_traces(create(family).eval())
 
 
-@pytest.mark.parametrize('size', [SIZE, pytest.param(ODD_SIZE, marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~8 s a family
+@pytest.mark.parametrize('size', [SIZE, ODD_SIZE])
 @family_params
 def test_torch_compile_captures_one_graph(family, size):
     assert_compiles_to_one_graph(create(family).eval(), size)

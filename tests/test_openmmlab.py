@@ -208,6 +208,7 @@ def test_scope_vit_backbone_keeps_batchnorm_statistics_and_loads_the_classifier(
         torch.testing.assert_close(out, ref)
 
 
+@pytest.mark.slow  # a subprocess
 def test_model_package_never_imports_openmmlab():
     code = ('import sys, timm, scalablevit; timm.create_model("scalable_vit_test"); '
             'print(sorted({m.split(".")[0] for m in sys.modules} & {"mmengine", "mmcv", "mmdet", "mmseg"}))')

@@ -81,6 +81,7 @@ def test_onnx_export_matches_pytorch(tmp_path, features):
     assert export_onnx.compare(model, path, sizes, batch=3) <= 1e-4
 
 
+@pytest.mark.slow  # a subprocess
 def test_onnx_cli_with_checkpoint(tmp_path):
     pytest.importorskip('onnxruntime')
     source = timm.create_model('scalable_vit_small', **TINY_ARGS)
