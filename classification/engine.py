@@ -12,8 +12,8 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3, NativeScaler, accuracy, dispatch_clip_grad
 
 import utils
+from sampler import STOP_SIGNALS
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -360,6 +360,7 @@ def load_finetune_weights(model: torch.nn.Module, path: str, use_ema: Optional[b
         state_dict, chosen = checkpoint_io.select_state_dict(checkpoint, use_ema)
     except ValueError as e:
         raise utils.UserInputError(f'--finetune {path}: {e}') from None
+    utils.check_finite(state_dict, f'--finetune {path}', f'{chosen!r} weights')
     classifier = model.pretrained_cfg.get('classifier', 'head') + '.'
     model_state = model.state_dict()
     buffers = {name for name, _ in model.named_buffers()}
@@ -429,9 +430,8 @@ def mixup_active(args) -> bool:
 def validate_args(args) -> None:
     if args.batch_size < 1:
         raise utils.UserInputError('--batch-size must be at least 1')
-    for name in ('grad_accum_steps',):
-        if getattr(args, name) < 1:
-            raise utils.UserInputError(f'--{name.replace("_", "-")} must be at least 1')
+    if args.grad_accum_steps < 1:
+        raise utils.UserInputError('--grad-accum-steps must be at least 1')
     if args.checkpoint_interval < 0:
         raise utils.UserInputError('--checkpoint-interval must be 0 (off) or a number of steps')
     if mixup_active(args) and args.mixup_mode == 'batch' and args.batch_size % 2:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what Slurm (and a cluster's preemption) sends before the kill
+
 
 def sample_seeds(seed: int, epoch: int, rank: int, count: int) -> np.ndarray:
     """`count` independent 63-bit seeds, one per position of this rank's share of the epoch."""
@@ -19,10 +21,12 @@ def sample_seeds(seed: int, epoch: int, rank: int, count: int) -> np.ndarray:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed the three generators timm's transforms draw from (python's random, numpy, torch)."""
+    """Seed the three generators timm's transforms draw from (python's random, numpy, torch's CPU generator;
+    not `torch.manual_seed`, which also reseeds every accelerator's generator: slow per sample, and it would
+    overwrite the training loop's CUDA stream)."""
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
 
 
 @contextmanager
@@ -88,5 +92,5 @@ class SeededSamples(Dataset):
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader `worker_init_fn`: workers ignore SIGTERM/SIGUSR1, which Slurm sends to every process of a job
     step, so that the main process can finish its step and save (it shuts its workers down itself)."""
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)

@@ -25,13 +25,14 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datasets import UnreadableImageError, build_transform, to_rgb
 from sampler import augmentation_seed, sample_seeds
 from utils import UserInputError
 
 INFO_FILE = '_info.json'
-IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp', 'bmp', 'tif', 'tiff')
+IMAGE_EXTENSIONS = tuple(ext.lstrip('.') for ext in IMG_EXTENSIONS)  # what ImageFolder (and make_shards.py) reads
 # timm's WebDataset reader's sample shuffle: a buffer of 8192 raw samples, yielding once 2048 are in
 SHUFFLE_BUFFER, SHUFFLE_INITIAL = 8192, 2048
 

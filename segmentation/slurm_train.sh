@@ -1,19 +1,5 @@
 #!/usr/bin/env bash
-# bash slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py options], e.g. --resume after a preemption.
-# MMDetection's interface: GPUS (all tasks, default 8), GPUS_PER_NODE (8), CPUS_PER_TASK (5), SRUN_ARGS (extra
-# srun options, e.g. "--requeue --signal=USR1@90"); GRES (default gpu:$GPUS_PER_NODE; empty: none, CPU nodes).
-set -e
-PARTITION=$1
-JOB_NAME=$2
-CONFIG=$3
-WORK_DIR=$4
-GPUS=${GPUS:-8}
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-CPUS_PER_TASK=${CPUS_PER_TASK:-5}
-GRES=${GRES-gpu:${GPUS_PER_NODE}}
-SRUN_ARGS=${SRUN_ARGS:-""}
+# bash slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py options], e.g. --resume after a preemption;
+# GPUS, GPUS_PER_NODE, CPUS_PER_TASK, SRUN_ARGS and GRES as in tools/slurm_run.sh (MMDetection's interface).
 here=$(dirname "$0")
-# shellcheck disable=SC2086  # SRUN_ARGS holds several options
-exec srun -p "$PARTITION" --job-name="$JOB_NAME" ${GRES:+--gres="$GRES"} --ntasks="$GPUS" \
-    --ntasks-per-node="$GPUS_PER_NODE" --cpus-per-task="$CPUS_PER_TASK" --kill-on-bad-exit=1 $SRUN_ARGS \
-    python -u "$here/train.py" "$CONFIG" --work-dir="$WORK_DIR" --launcher=slurm "${@:5}"
+exec bash "$here/../tools/slurm_run.sh" "$1" "$2" "$here/train.py" "$3" --work-dir="$4" "${@:5}"

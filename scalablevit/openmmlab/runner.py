@@ -94,7 +94,8 @@ def train(argv: Optional[List[str]] = None) -> None:
         cfg.resume, cfg.load_from = True, args.resume
     if int(os.environ.get('RANK', '0')) == 0:
         lock_run_folder(cfg.work_dir)  # one run per work dir: held until this process ends
-    validate_annotation_files(cfg, ('train', 'val'))
+        # once, not on every rank (COCO's json is ~450 MB): the launchers stop the other ranks when rank 0 exits
+        validate_annotation_files(cfg, ('train', 'val'))
     Runner.from_cfg(cfg).train()
 
 
@@ -124,7 +125,8 @@ def test(
     cfg.load_from = args.checkpoint
     if adjust_config is not None:
         adjust_config(cfg, args)
-    validate_annotation_files(cfg, ('test',))
+    if int(os.environ.get('RANK', '0')) == 0:
+        validate_annotation_files(cfg, ('test',))
     runner = Runner.from_cfg(cfg)
     mismatch = checkpoint_mismatch(runner.model, args.checkpoint)
     if mismatch and not args.allow_mismatch:
