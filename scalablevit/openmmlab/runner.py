@@ -14,6 +14,7 @@ import os
 import os.path as osp
 from typing import Callable, List, Optional
 
+import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
@@ -59,13 +60,17 @@ def _load_config(args: argparse.Namespace) -> Config:
 
 def _stops_with_message(driver: Callable) -> Callable:
     """Turn the errors that say what to fix (locked or unwritable work dir, data or checkpoint that does not fit)
-    into one `error: ...` line and exit status 1, without a traceback."""
+    into one `error: ...` line and exit status 1, without a traceback; and close the process group mmengine
+    opened (left to the interpreter's exit, gloo's threads can abort the process after a finished run)."""
     @functools.wraps(driver)
     def run(*args, **kwargs):
         try:
             return driver(*args, **kwargs)
         except (RunFolderError, DataCheckError, CheckpointError) as error:
             raise SystemExit(f'error: {error}') from None
+        finally:
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
     return run
 
 
