@@ -1,16 +1,24 @@
-"""Backbone speed and memory at detection and segmentation sizes, as MMDetection / MMSegmentation run them.
+"""Backbone speed, work and memory at detection and segmentation sizes, as MMDetection / MMSegmentation run them.
 
-    python benchmarks/dense.py                                   # CPU: 512x512, 800x1344, 1024x2048, batch 1 and 2
-    python benchmarks/dense.py --sizes 800x1344 --batch-sizes 1 --models scalablevit-s swin-t --rounds 3
+    python benchmarks/dense.py                    # CPU: 800x1344 and 1024x2048, batch 1 and 2, every family, 3 rounds
+    python benchmarks/dense.py --sizes 800x1344 --batch-sizes 1 --models scalablevit-s swin-t
     python benchmarks/dense.py --curve --plot benchmarks/cost_curve.png    # time and memory against pixels
     python benchmarks/dense.py --device cuda --amp                          # the same table on a GPU
 
 Each row builds one backbone in a fresh process: this package's OpenMMLab backbones (`ScalableViTBackbone`,
-`ScopeViTBackbone`, `SwinVSABackbone`, four outputs) and MMDetection's own `SwinTransformer` (Swin-T/S, its
-Mask R-CNN settings). `infer` is a forward without gradients; `train` a forward and a backward of the sum of
-the four maps (what the neck and heads would send back), without an optimizer. Rows are interleaved over
-`--rounds` and the median round is kept. Time: median of `--repeats` steps after `--warmup`; memory as in
-`benchmark.py` (`peak MB`: the process's peak; `step MB`: what the step adds).
+`ScopeViTBackbone`, `SwinVSABackbone`, `ViTAEv2VSABackbone`; four outputs) and MMDetection's own
+`SwinTransformer` (Swin-T/S, its Mask R-CNN settings). `infer` is a forward without gradients; `train` a forward
+and a backward of the sum of the four maps (what the neck and heads would send back), without an optimizer.
+
+Work is the multiply-adds of one forward (GMACs, `mmengine.analysis`'s rules) with attention's two products
+counted wherever they run: on the explicit path as matmuls, inside `scaled_dot_product_attention` as
+N·M·(d_qk + d_v) per head from the widths before any zero padding (`sdpa_multiply_adds`); a training step counts
+3x the forward. The work rate (GMAC/s) of every row is divided by that of MMDetection's Swin-T at the same size,
+batch and mode in the same round; the rounds (`--rounds`, 3 by default) interleave the rows and the table keeps
+the median round's time and the median of the per-round ratios. Time: median of `--repeats` steps after
+`--warmup`. Memory: `peak MB` is the process's peak, `step MB` what one step adds to the resident set (CPU) or
+to allocated memory (CUDA), taken on the first warm-up step. CPU rows run with glibc malloc keeping freed memory
+(`benchmark.py`'s cached-malloc setting) unless `--allocator system`.
 """
 import argparse
 import json
@@ -19,7 +27,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple
+from math import prod
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -33,6 +42,7 @@ BACKBONES = {
     'scalablevit-l': dict(type='ScalableViTBackbone', arch='large'),
     'scopevit-t': dict(type='ScopeViTBackbone', arch='tiny', norm_outputs=False),
     'swin-t-vsa': dict(type='SwinVSABackbone', arch='tiny'),
+    'vitaev2-s-vsa': dict(type='ViTAEv2VSABackbone', arch='s'),
     'swin-t': dict(type='mmdet.SwinTransformer', embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
                    window_size=7, mlp_ratio=4, qkv_bias=True, drop_path_rate=0.2, patch_norm=True,
                    out_indices=(0, 1, 2, 3)),
@@ -40,8 +50,10 @@ BACKBONES = {
                    window_size=7, mlp_ratio=4, qkv_bias=True, drop_path_rate=0.2, patch_norm=True,
                    out_indices=(0, 1, 2, 3)),
 }
-DEFAULT_MODELS = ('scalablevit-s', 'scalablevit-b', 'scalablevit-l', 'swin-t', 'swin-s')
-DEFAULT_SIZES = ('512x512', '800x1344', '1024x2048')
+# one backbone of every family, and the two Swin baselines
+DEFAULT_MODELS = ('scalablevit-s', 'scopevit-t', 'swin-t-vsa', 'vitaev2-s-vsa', 'swin-t', 'swin-s')
+BASELINE = 'swin-t'  # the backbone a user would take instead: work rates are divided by its rate
+DEFAULT_SIZES = ('800x1344', '1024x2048')
 # The cost curve: from classification size to segmentation's test size, ~1.6x more pixels per step.
 CURVE_SIZES = ('224x224', '320x320', '448x448', '512x512', '640x640', '800x800', '800x1344', '1024x1536',
                '1024x2048')
@@ -58,6 +70,40 @@ def build_backbone(name: str) -> torch.nn.Module:
     import scalablevit.openmmlab  # noqa: F401  (registers this package's backbones)
     init_default_scope('mmdet')
     return MODELS.build(dict(BACKBONES[name]))
+
+
+def unpadded_shape(value: Any) -> List[int]:
+    """Shape of a traced tensor before the zero padding that produced it (`F.pad`), if any."""
+    from mmengine.analysis.jit_handles import get_shape
+    node = value.node()
+    if node.kind() in ('aten::pad', 'aten::constant_pad_nd'):
+        value = list(node.inputs())[0]
+    return get_shape(value)
+
+
+def sdpa_multiply_adds(inputs: List[Any], outputs: List[Any]) -> int:
+    """`mmengine.analysis` handle for `aten::scaled_dot_product_attention`: q·kᵀ and attention·v, i.e.
+    N·M·(d_qk + d_v) multiply-adds per batch and head. Widths are taken before the zero padding that
+    `layers.sdpa_equal_widths` adds for q/k and v of different widths (padded columns are not work)."""
+    q, k, v = (unpadded_shape(value) for value in inputs[:3])
+    return prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
+def count_work(args: argparse.Namespace) -> Dict:
+    """Multiply-adds of one forward at batch 1 (total and attention's products), in this (child) process."""
+    from mmengine.analysis import FlopAnalyzer
+    model = build_backbone(args.model)
+    model.eval()  # (MMDetection's SwinTransformer.train returns None)
+    height, width = parse_size(args.size)
+    analyzer = FlopAnalyzer(model, (torch.randn(1, 3, height, width),))
+    analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_multiply_adds)
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    with torch.no_grad():
+        by_operator = analyzer.by_operator()
+    attention = sum(by_operator.get(op, 0) for op in ('matmul', 'bmm', 'scaled_dot_product_attention'))
+    return dict(model=args.model, size=args.size, gmacs=sum(by_operator.values()) / 1e9,
+                attention_gmacs=attention / 1e9)
 
 
 def measure(args: argparse.Namespace) -> Dict:
@@ -87,22 +133,55 @@ def measure(args: argparse.Namespace) -> Dict:
             loss.backward()
             model.zero_grad(set_to_none=True)
 
-    times = timed(step, device, args.warmup, args.repeats)
-    peak_mb, step_mb = step_memory_mb(step, device)
+    peak_mb, step_mb = step_memory_mb(step, device)  # the first warm-up step
+    times = timed(step, device, args.warmup - 1, args.repeats)
     median = statistics.median(times)
     return dict(model=args.model, mode=args.mode, size=args.size, batch_size=args.batch_size, median_s=median,
                 min_s=min(times), max_s=max(times), peak_mb=peak_mb, step_mb=step_mb)
 
 
-def run_row(args: argparse.Namespace, model: str, size: str, batch_size: int, mode: str) -> Dict:
+def run_child(args: argparse.Namespace, model: str, size: str, batch_size: int = 1, mode: str = 'count') -> Dict:
+    """A row (or with mode 'count', the work count) measured in a fresh process."""
     command = [sys.executable, __file__, '--_child', '--_model', model, '--_size', size, '--_batch', str(batch_size),
                '--_mode', mode, '--device', args.device, '--threads', str(args.threads), '--warmup',
                str(args.warmup), '--repeats', str(args.repeats)] + (['--amp'] if args.amp else [])
-    env = dict(os.environ, **(CACHED_MALLOC_ENV if args.device == 'cpu' else {}))
+    cached = args.device == 'cpu' and args.allocator == 'cached'
+    env = dict(os.environ, **(CACHED_MALLOC_ENV if cached else {}))
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         return dict(model=model, mode=mode, size=size, batch_size=batch_size, error=result.stderr.strip()[-300:])
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def work_rate(row: Dict, work: Dict) -> float:
+    """GMAC/s of a timed row: the forward's multiply-adds x batch (x 3 for a training step) per second."""
+    gmacs = work['gmacs'] * row['batch_size'] * (3 if row['mode'] == 'train' else 1)
+    return gmacs / row['median_s']
+
+
+def summarise(rounds: Dict[Tuple, List[Dict]], work: Dict[Tuple[str, str], Dict]) -> List[Dict]:
+    """One row per (model, size, batch, mode): the median round, its work and work rate, and the medians over
+    rounds of its time and work rate divided by the baseline's in the same round."""
+    rows = []
+    for (model, size, batch, mode), results in rounds.items():
+        ok = [r for r in results if 'error' not in r]
+        if not ok:
+            rows.append(results[0])
+            continue
+        row = dict(sorted(ok, key=lambda r: r['median_s'])[(len(ok) - 1) // 2], rounds=len(ok))
+        count = work.get((model, size), {})
+        if 'gmacs' in count:
+            row.update(gmacs=count['gmacs'], attention_gmacs=count['attention_gmacs'],
+                       gmac_per_s=work_rate(row, count))
+        baseline = rounds.get((BASELINE, size, batch, mode), [])
+        pairs = [(r, b) for r, b in zip(results, baseline) if 'error' not in r and 'error' not in b]
+        if pairs:
+            row['time_ratio'] = statistics.median(r['median_s'] / b['median_s'] for r, b in pairs)
+            if 'gmacs' in count and 'gmacs' in work.get((BASELINE, size), {}):
+                row['rate_ratio'] = statistics.median(
+                    work_rate(r, count) / work_rate(b, work[BASELINE, size]) for r, b in pairs)
+        rows.append(row)
+    return rows
 
 
 def plot_curve(rows: List[Dict], path: Path) -> None:
@@ -145,7 +224,10 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--rounds', type=int, default=1)
+    parser.add_argument('--rounds', type=int, default=3, help='interleaved rounds; the table keeps their medians')
+    parser.add_argument('--allocator', choices=['cached', 'system'], default='cached',
+                        help='CPU rows: glibc malloc keeping freed memory (default) or its default settings')
+    parser.add_argument('--no-work', dest='work', action='store_false', help='skip counting multiply-adds')
     parser.add_argument('--amp', action='store_true', help='bfloat16 autocast')
     parser.add_argument('--json', type=Path, help='write all rows here')
     for hidden in ('--_model', '--_size', '--_batch', '--_mode'):
@@ -154,38 +236,52 @@ def main() -> None:
     args = parser.parse_args()
     if args._child:
         args.model, args.size, args.batch_size, args.mode = args._model, args._size, int(args._batch), args._mode
-        print(json.dumps(measure(args)))
+        print(json.dumps(count_work(args) if args.mode == 'count' else measure(args)))
         return
+    if args.warmup < 1:
+        parser.error('--warmup must be at least 1: memory is measured on the first warm-up step')
     models = args.models or (['scalablevit-s', 'swin-t'] if args.curve else list(DEFAULT_MODELS))
     sizes = args.sizes or list(CURVE_SIZES if args.curve else DEFAULT_SIZES)
     batch_sizes = args.batch_sizes or ([1] if args.curve else [1, 2])
     for size in sizes:
         parse_size(size)  # fail early on a malformed size
 
-    print(f'device {args.device}, {args.threads} threads{", bf16 autocast" if args.amp else ""}; backbone only, '
-          f'four outputs; warmup {args.warmup}, median of {args.repeats}, {args.rounds} round(s)', flush=True)
-    header = (f'{"model":14s} {"size":>10s} {"batch":>5s} {"mode":5s} {"median s":>9s} {"spread s":>15s} '
-              f'{"peak MB":>8s} {"step MB":>8s}')
-    print(header + '\n' + '-' * len(header), flush=True)
+    allocator = f', {args.allocator} malloc' if args.device == 'cpu' else ''
+    print(f'device {args.device}, {args.threads} threads{", bf16 autocast" if args.amp else ""}{allocator}; '
+          f'backbone only, four outputs; warmup {args.warmup}, median of {args.repeats}, {args.rounds} round(s); '
+          f'work rates divided by {BASELINE}\'s in the same round', flush=True)
+    work: Dict[Tuple[str, str], Dict] = {}
+    if args.work:
+        for model in models:
+            for size in sizes:
+                print(f'  counting {model} {size}', file=sys.stderr, flush=True)
+                work[model, size] = run_child(args, model, size)
     plan = [(model, size, batch, mode) for size in sizes for batch in batch_sizes for mode in args.modes
             for model in models]
     rounds: Dict[Tuple, List[Dict]] = {key: [] for key in plan}
     for index in range(args.rounds):
         for key in plan:
             print(f'  round {index + 1}/{args.rounds}: {" ".join(map(str, key))}', file=sys.stderr, flush=True)
-            rounds[key].append(run_row(args, *key))
-    rows = []
-    for (model, size, batch, mode), results in rounds.items():
-        ok = [r for r in results if 'error' not in r]
-        row = sorted(ok, key=lambda r: r['median_s'])[(len(ok) - 1) // 2] if ok else results[0]
-        rows.append(row)
+            rounds[key].append(run_child(args, *key))
+    rows = summarise(rounds, work)
+    header = (f'{"model":14s} {"size":>10s} {"batch":>5s} {"mode":5s} {"GMACs":>7s} {"attn":>6s} {"median s":>9s} '
+              f'{"spread s":>15s} {"GMAC/s":>7s} {"rate/base":>9s} {"time/base":>9s} {"peak MB":>8s} {"step MB":>8s}')
+    print(header + '\n' + '-' * len(header), flush=True)
+    for row in rows:
+        key = f'{row["model"]:14s} {row["size"]:>10s} {row["batch_size"]:5d} {row["mode"]:5s}'
         if 'error' in row:
-            print(f'{model:14s} {size:>10s} {batch:5d} {mode:5s} failed: {row["error"].splitlines()[-1]}', flush=True)
+            print(f'{key} failed: {row["error"].splitlines()[-1]}', flush=True)
             continue
-        print(f'{model:14s} {size:>10s} {batch:5d} {mode:5s} {row["median_s"]:9.3f} '
-              f'{row["min_s"]:7.3f}-{row["max_s"]:<7.3f} {row["peak_mb"]:8.0f} {row["step_mb"]:8.0f}', flush=True)
+
+        def number(name: str, spec: str) -> str:
+            return format(row[name], spec) if name in row else '-'
+        print(f'{key} {number("gmacs", "7.1f"):>7s} {number("attention_gmacs", "6.1f"):>6s} {row["median_s"]:9.3f} '
+              f'{row["min_s"]:7.3f}-{row["max_s"]:<7.3f} {number("gmac_per_s", "7.1f"):>7s} '
+              f'{number("rate_ratio", "9.2f"):>9s} {number("time_ratio", "9.2f"):>9s} {row["peak_mb"]:8.0f} '
+              f'{row["step_mb"]:8.0f}', flush=True)
     if args.json:
-        args.json.write_text(json.dumps(dict(device=args.device, threads=args.threads, rows=rows), indent=2))
+        args.json.write_text(json.dumps(dict(device=args.device, threads=args.threads, allocator=args.allocator,
+                                             baseline=BASELINE, rounds=args.rounds, rows=rows), indent=2))
         print(f'wrote {args.json}')
     if args.plot:
         plot_curve(rows, args.plot)

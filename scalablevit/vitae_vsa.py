@@ -182,6 +182,17 @@ def conv_branch(widths: Sequence[int], strides: Sequence[int], groups: int, devi
     return nn.Sequential(*layers)
 
 
+@register_notrace_function  # reason: the layout depends on the device
+def pcm_input(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """The PCM's (B, C, H, W) input in the layout its convolutions run fastest on. On CPU, oneDNN's grouped
+    3x3 convolutions with few channels per group (stages 2-4) run up to 3x faster on contiguous NCHW than on
+    the channels-last view of the token map (a (B, H, W, C) map permuted); ViTAEv2*-S+VSA at 800x1344 takes
+    0.87x the inference time and 0.95x the training step with it. Dense ones (groups 1) keep the view."""
+    if groups > 1 and x.device.type == 'cpu':
+        return x.contiguous()
+    return x
+
+
 @register_notrace_module  # reason: the padding depends on the input size
 class PyramidReduction(nn.Module):
     """The pyramid reduction module (PRM): one strided, dilated conv + GELU per dilation, concatenated
@@ -283,7 +294,7 @@ class ReductionCell(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.PRM(x)  # B, h, w, prm_dim
         tokens = tokens + self.pos(tokens.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = self.attn(self.norm1(tokens)) + self.PCM(x).permute(0, 2, 3, 1)
+        x = self.attn(self.norm1(tokens)) + self.PCM(pcm_input(x, self.PCM[0].groups)).permute(0, 2, 3, 1)
         return x + self.mlp(self.norm2(x))
 
 
@@ -321,7 +332,8 @@ class NormalCell(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x.permute(0, 3, 1, 2)  # B, C, H, W view
         attn_in = x + self.pos(shortcut).permute(0, 2, 3, 1)
-        x = x + self.drop_path(self.attn(self.norm1(attn_in))) + self.drop_path(self.PCM(shortcut).permute(0, 2, 3, 1))
+        pcm = self.PCM(pcm_input(shortcut, self.PCM[0].groups))
+        x = x + self.drop_path(self.attn(self.norm1(attn_in))) + self.drop_path(pcm.permute(0, 2, 3, 1))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
