@@ -42,7 +42,7 @@ from .checkpoint import filter_for_model, read_pretrained_file
 from .family import ModelFamily, register_family
 from .layers import check_input_size
 from .vsa import (
-    check_finite_regression, gather_relative_position_bias, pad_to_windows, relative_position_index,
+    check_finite_regression, gather_relative_position_bias, padded_projection, relative_position_index,
     varied_size_window_attention,
 )
 
@@ -129,11 +129,12 @@ class ConvVSAttention(nn.Module):
         """(heads, s², s²) additive attention bias."""
         return gather_relative_position_bias(self.relative_position_bias_table, self.relative_position_index)
 
-    def regression(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, dim) -> (B, heads, 4, nH, nW): x-offset, y-offset, x-scale, y-scale per window."""
-        B, H, W, _ = x.shape
+    def regression(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """(B, Hp, Wp, dim) map zero-padded to window multiples from H x W -> (B, heads, 4, nH, nW): x-offset,
+        y-offset, x-scale, y-scale per window."""
+        B = x.shape[0]
         # the two regressors share the window means (pool and LeakyReLU hold no parameters)
-        pooled = self.sampling_offsets[1](self.sampling_offsets[0](pad_to_windows(x, self.window_size)))
+        pooled = self.sampling_offsets[1](self.sampling_offsets[0](x.permute(0, 3, 1, 2)))
         nH, nW = pooled.shape[-2], pooled.shape[-1]
         offsets = self.sampling_offsets[2](pooled).view(B, self.num_heads, 2, nH, nW)
         scales = self.sampling_scales[2](pooled).view(B, self.num_heads, 2, nH, nW)
@@ -141,11 +142,13 @@ class ConvVSAttention(nn.Module):
         return divide_offsets_by_unpadded_counts(regression, H, W, self.window_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qkv = F.linear(x, self.qkv.weight.flatten(1), self.qkv.bias)
+        H, W = x.shape[1], x.shape[2]
+        padded, qkv = padded_projection(x, self.qkv.weight.flatten(1), self.qkv.bias, self.window_size)
         out = varied_size_window_attention(
-            qkv, self.regression(x), self.num_heads, self.window_size, self.scale, self.relative_position_bias(),
-            self.attn_drop if self.training else 0., self.fused_attn)
-        return self.proj_drop(F.linear(out, self.proj.weight.flatten(1), self.proj.bias))
+            qkv, self.regression(padded, H, W), self.num_heads, self.window_size, self.scale,
+            self.relative_position_bias(), self.attn_drop if self.training else 0., self.fused_attn)
+        # B, Hp, Wp, out_dim: projected before the crop (a view), which spares a copy of the cropped map
+        return self.proj_drop(F.linear(out, self.proj.weight.flatten(1), self.proj.bias))[:, :H, :W]
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, out_dim={self.out_dim}, num_heads={self.num_heads}, window_size={self.window_size}'

@@ -15,7 +15,7 @@ padding at the bottom/right, offsets divided by the padded window counts, scale 
 that still take part). Parameter names are the release's, so its checkpoints load with `strict=True`. The
 regressor starts at zero: a freshly built module is plain (non-shifted) window attention.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -24,7 +24,7 @@ from timm.layers import register_notrace_function, trunc_normal_, use_fused_attn
 
 from .layers import attend
 
-__all__ = ['VSAttention', 'gather_relative_position_bias', 'pad_to_windows',
+__all__ = ['VSAttention', 'gather_relative_position_bias', 'pad_to_windows', 'padded_projection',
            'relative_position_index', 'varied_size_window_attention', 'WindowRegressor', 'window_sampling_grid']
 
 
@@ -43,12 +43,39 @@ def gather_relative_position_bias(table: torch.Tensor, index: torch.Tensor) -> t
     return table[index.view(-1)].view(s2, s2, -1).permute(2, 0, 1)
 
 
+@register_notrace_function  # reason: pads only maps that are not window multiples
 def pad_to_windows(x: torch.Tensor, window_size: int) -> torch.Tensor:
     """(B, H, W, C) map -> (B, C, nH·s, nW·s), zero-padded at the bottom/right to window multiples (the
-    regressors' input)."""
+    regressors' input); a view when the sides already are multiples."""
     H, W = x.shape[1], x.shape[2]
     s = window_size
+    if H % s == 0 and W % s == 0:
+        return x.permute(0, 3, 1, 2)
     return F.pad(x.permute(0, 3, 1, 2), (0, (s - W % s) % s, 0, (s - H % s) % s))
+
+
+@register_notrace_function  # reason: zeroes only the tokens of a padding
+def padded_projection(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        window_size: int,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, W, C) map -> (the map zero-padded at the bottom/right to window multiples (B, Hp, Wp, C), its
+    q/k/v projection (B, Hp, Wp, 3C) with the padded tokens zero).
+
+    The function of projecting first and padding the projection (the release's order: padded keys are zero
+    vectors, not the projection's bias), at the cost of padding the C-wide input instead of the 3C-wide
+    projection: the padded tokens are zeroed in place after the projection. The padded map also feeds the
+    window regressor, which pads its input anyway.
+    """
+    H, W = x.shape[1], x.shape[2]
+    padded = pad_to_windows(x, window_size).permute(0, 2, 3, 1)  # B, Hp, Wp, C
+    qkv = F.linear(padded, weight, bias)
+    if bias is not None and (padded.shape[1] != H or padded.shape[2] != W):
+        qkv[:, H:].zero_()
+        qkv[:, :, W:].zero_()
+    return padded, qkv
 
 
 def window_sampling_grid(regression: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -222,10 +249,13 @@ class VSAttention(nn.Module):
         return gather_relative_position_bias(self.relative_position_bias_table, self.relative_position_index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[1], x.shape[2]
+        padded, qkv = padded_projection(x, self.qkv.weight, self.qkv.bias, self.window_size)
         out = varied_size_window_attention(
-            self.qkv(x), self.transform(x), self.num_heads, self.window_size, self.scale,
+            qkv, self.transform(padded), self.num_heads, self.window_size, self.scale,
             self.relative_position_bias(), self.attn_drop if self.training else 0., self.fused_attn)
-        return self.proj_drop(self.proj(out))
+        # B, Hp, Wp, C: projected before the crop (a view), which spares a copy of the cropped map
+        return self.proj_drop(self.proj(out))[:, :H, :W]
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}'
