@@ -1,12 +1,17 @@
-"""Speed and memory of ScalableViT against Swin-T and Twins-SVT-S, and against the machine's matmul peak.
+"""Speed, work rate and memory of every family against timm's Swin-T and the machine's matmul peak (224x224).
 
-    python benchmarks/benchmark.py                          # CPU: batch 8, 224x224, all threads
+    python benchmarks/benchmark.py                          # CPU: batch 8, 224x224, every family and Swin-T
+    python benchmarks/benchmark.py --models scalable_vit_small scalable_vit_base scalable_vit_large \
+        swin_tiny_patch4_window7_224 twins_svt_small        # ScalableViT S/B/L (+ explicit and ckpt rows)
     python benchmarks/benchmark.py --device cuda --batch-size 64 --amp   # the paper's Table 6 setting
     python benchmarks/benchmark.py --models scalable_vit_small --modes infer --compile --json out.json
 
 For every model and mode it reports the median time of `--repeats` timed steps after `--warmup` steps (and
-the spread, min to max), images per second, memory, and the achieved GFLOP/s as a fraction of the measured
-matmul peak (FLOPs per image = 2 x the multiply-adds counted by fvcore's rules, attention included).
+the spread, min to max), images per second, memory, the work per image (GMACs: multiply-adds counted by fvcore's
+rules, attention's products included; x 3 for a training step), the work rate (GMAC/s) as a fraction of the
+measured matmul peak (2 FLOPs per multiply-add), and divided by timm Swin-T's work rate in the same round
+(`rate/base`, when Swin-T is among the models). Rows are interleaved over `--rounds` (3 by default) and the
+median round is kept.
 `explicit` rows run ScalableViT's attention as the released code does (softmax(q·kᵀ)·v spelled out); `ckpt`
 rows train with gradient checkpointing. Each row runs in its own process. Memory is measured over one extra
 step: `peak MB` is the process's peak (CPU: resident set; CUDA: allocated), `step MB` what the step added on
@@ -34,8 +39,10 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = ('scalable_vit_small', 'scalable_vit_base', 'scalable_vit_large', 'swin_tiny_patch4_window7_224',
-                  'twins_svt_small')
+# one model of every family, and timm's Swin-T, the baseline whose work rate the others are divided by
+DEFAULT_MODELS = ('scalable_vit_small', 'scope_vit_tiny', 'swin_tiny_vsa_patch4_window7_224', 'vitaev2_vsa_s',
+                  'swin_tiny_patch4_window7_224')
+BASELINE = 'swin_tiny_patch4_window7_224'
 # glibc malloc that keeps freed memory for reuse: blocks up to 32 MiB (glibc's maximum) come from the heap,
 # which is never trimmed, so steady-state steps do not page-fault fresh memory for every large tensor.
 CACHED_MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': str(32 * 2 ** 20), 'MALLOC_TRIM_THRESHOLD_': str(2 ** 40)}
@@ -250,8 +257,9 @@ def main() -> None:
     parser.add_argument('--amp', action='store_true', help='bfloat16 autocast')
     parser.add_argument('--allocator', choices=['cached', 'system'], default='cached',
                         help='CPU rows: glibc malloc keeping freed memory (default) or its default settings')
-    parser.add_argument('--rounds', type=int, default=1,
-                        help='run every row this many times, interleaved, and keep the median round')
+    parser.add_argument('--rounds', type=int, default=3,
+                        help='run every row this many times, interleaved, and keep the median round (ratios to '
+                             'the baseline: median of the per-round ratios)')
     parser.add_argument('--no-variants', dest='variants', action='store_false',
                         help='skip the explicit-attention and gradient-checkpointing rows')
     parser.add_argument('--loader-data', help='also time the classification data loader on this dataset')
@@ -279,9 +287,6 @@ def main() -> None:
           f'{", bf16 autocast" if args.amp else ""}'
           f'{f", {args.allocator} malloc" if device.type == "cpu" else ""}; '
           f'matmul peak {peak:.1f} GFLOP/s ({peak_dtype})', flush=True)
-    header = (f'{"model":30s} {"variant":9s} {"mode":5s} {"median s":>9s} {"spread s":>15s} {"img/s":>8s} '
-              f'{"GFLOP/s":>8s} {"% peak":>7s} {"peak MB":>8s} {"step MB":>8s} {"tensor MB":>9s}')
-    print(header + '\n' + '-' * len(header), flush=True)
     plan = []
     for model in args.models:
         variants = ['fast']
@@ -296,18 +301,32 @@ def main() -> None:
         for key in plan:
             print(f'  round {index + 1}/{args.rounds}: {" ".join(key)}', file=sys.stderr, flush=True)
             rounds[key].append(run_row(args, *key))
+
+    def gflop_per_s(row: Dict, model: str) -> float:
+        work = flops_per_image[model] * (3 if row['mode'] == 'train' else 1)  # backward costs ~2x the forward
+        return work * row['img_per_s'] / 1e9
+
+    header = (f'{"model":30s} {"variant":9s} {"mode":5s} {"median s":>9s} {"spread s":>15s} {"img/s":>8s} '
+              f'{"GMACs":>6s} {"GMAC/s":>7s} {"% peak":>7s} {"rate/base":>9s} {"peak MB":>8s} {"step MB":>8s} '
+              f'{"tensor MB":>9s}')
+    print(header + '\n' + '-' * len(header), flush=True)
     rows = []
     for (model, variant, mode), results in rounds.items():
         row = sorted(results, key=lambda r: r['median_s'])[(len(results) - 1) // 2]
-        work = flops_per_image[model] * (3 if mode == 'train' else 1)  # backward costs about twice the forward
-        row.update(gflops_per_image=flops_per_image[model] / 1e9, gflop_per_s=work * row['img_per_s'] / 1e9,
-                   peak_gflop_per_s=peak, rounds=len(results))
+        row.update(gflops_per_image=flops_per_image[model] / 1e9, gmacs_per_image=flops_per_image[model] / 2e9,
+                   gflop_per_s=gflop_per_s(row, model), peak_gflop_per_s=peak, rounds=len(results))
+        row['gmac_per_s'] = row['gflop_per_s'] / 2
         row['fraction_of_peak'] = row['gflop_per_s'] / peak
+        baseline = rounds.get((BASELINE, 'fast', mode))
+        if baseline:  # the work rate against the baseline's in the same round, median over rounds
+            row['rate_ratio'] = statistics.median(gflop_per_s(r, model) / gflop_per_s(b, BASELINE)
+                                                  for r, b in zip(results, baseline))
         rows.append(row)
+        ratio = f'{row["rate_ratio"]:9.2f}' if 'rate_ratio' in row else f'{"-":>9s}'
         print(f'{model:30s} {variant:9s} {mode:5s} {row["median_s"]:9.3f} '
-              f'{row["min_s"]:7.3f}-{row["max_s"]:<7.3f} {row["img_per_s"]:8.1f} {row["gflop_per_s"]:8.1f} '
-              f'{100 * row["fraction_of_peak"]:6.1f}% {row["peak_mb"]:8.0f} {row["step_mb"]:8.0f} '
-              f'{row["tensor_mb"]:9.0f}', flush=True)
+              f'{row["min_s"]:7.3f}-{row["max_s"]:<7.3f} {row["img_per_s"]:8.1f} {row["gmacs_per_image"]:6.2f} '
+              f'{row["gmac_per_s"]:7.1f} {100 * row["fraction_of_peak"]:6.1f}% {ratio} {row["peak_mb"]:8.0f} '
+              f'{row["step_mb"]:8.0f} {row["tensor_mb"]:9.0f}', flush=True)
     result = dict(device=args.device, threads=args.threads, allocator=args.allocator, matmul_peak_gflop_per_s=peak,
                   rows=rows)
     if args.loader_data:

@@ -141,12 +141,18 @@ class ConvVSAttention(nn.Module):
         regression = check_finite_regression(torch.cat([offsets, scales], dim=2))
         return divide_offsets_by_unpadded_counts(regression, H, W, self.window_size)
 
+    def project(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W, dim) -> the padded q/k/v projection (B, Hp, Wp, 3·out_dim) and the window regression; the
+        padded map is freed on return (it is not held through the attention)."""
+        padded, qkv = padded_projection(x, self.qkv.weight.flatten(1), self.qkv.bias, self.window_size)
+        return qkv, self.regression(padded, x.shape[1], x.shape[2])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[1], x.shape[2]
-        padded, qkv = padded_projection(x, self.qkv.weight.flatten(1), self.qkv.bias, self.window_size)
+        qkv, regression = self.project(x)
         out = varied_size_window_attention(
-            qkv, self.regression(padded, H, W), self.num_heads, self.window_size, self.scale,
-            self.relative_position_bias(), self.attn_drop if self.training else 0., self.fused_attn)
+            qkv, regression, self.num_heads, self.window_size, self.scale, self.relative_position_bias(),
+            self.attn_drop if self.training else 0., self.fused_attn)
         # B, Hp, Wp, out_dim: projected before the crop (a view), which spares a copy of the cropped map
         return self.proj_drop(F.linear(out, self.proj.weight.flatten(1), self.proj.bias))[:, :H, :W]
 

@@ -248,11 +248,17 @@ class VSAttention(nn.Module):
         """(heads, s², s²) additive attention bias."""
         return gather_relative_position_bias(self.relative_position_bias_table, self.relative_position_index)
 
+    def project(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W, C) -> the padded q/k/v projection (B, Hp, Wp, 3C) and the window regression; the padded
+        map is freed on return (it is not held through the attention)."""
+        padded, qkv = padded_projection(x, self.qkv.weight, self.qkv.bias, self.window_size)
+        return qkv, self.transform(padded)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[1], x.shape[2]
-        padded, qkv = padded_projection(x, self.qkv.weight, self.qkv.bias, self.window_size)
+        qkv, regression = self.project(x)
         out = varied_size_window_attention(
-            qkv, self.transform(padded), self.num_heads, self.window_size, self.scale,
+            qkv, regression, self.num_heads, self.window_size, self.scale,
             self.relative_position_bias(), self.attn_drop if self.training else 0., self.fused_attn)
         # B, Hp, Wp, C: projected before the crop (a view), which spares a copy of the cropped map
         return self.proj_drop(self.proj(out))[:, :H, :W]

@@ -1,11 +1,16 @@
 """benchmarks/benchmark.py: the table and JSON it produces (tiny settings; speed targets live in the benchmark)."""
+import argparse
 import json
 import subprocess
 import sys
+from typing import Dict
 
 import pytest
+import torch
 
 from helpers import ROOT
+
+sys.path.insert(0, str(ROOT / 'benchmarks'))
 
 
 @pytest.mark.slow  # about 90 s: each row measures memory and time in its own process
@@ -33,23 +38,90 @@ def test_benchmark_rows_and_json(tmp_path):
     assert 0 < rows['fast', 'infer']['tensor_mb'] < 50
     assert report['allocator'] == 'cached'
     assert 'matmul peak' in result.stdout and 'scalable_vit_small' in result.stdout
+    fast = rows['fast', 'infer']
+    assert fast['gmacs_per_image'] == pytest.approx(fast['gflops_per_image'] / 2)
+    assert fast['gmac_per_s'] == pytest.approx(fast['gmacs_per_image'] * fast['img_per_s'])
+    assert 'rate_ratio' not in fast  # no baseline among the models
 
 
-@pytest.mark.slow  # about 30 s: each row builds its backbone in its own process
+@pytest.mark.slow  # about 40 s
+def test_benchmark_work_rate_against_swin_t(tmp_path):
+    out = tmp_path / 'bench.json'
+    result = subprocess.run(
+        [sys.executable, str(ROOT / 'benchmarks' / 'benchmark.py'), '--models', 'scalable_vit_small',
+         'swin_tiny_patch4_window7_224', '--modes', 'infer', '--batch-size', '1', '--warmup', '1', '--repeats', '1',
+         '--rounds', '2', '--threads', '1', '--json', str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r['model']: r for r in json.loads(out.read_text())['rows']}
+    assert rows['swin_tiny_patch4_window7_224']['rate_ratio'] == 1 and rows['scalable_vit_small']['rounds'] == 2
+    assert 4.2 < rows['scalable_vit_small']['gmacs_per_image'] < 4.4  # 4.28 G multiply-adds at 224
+    assert 4.4 < rows['swin_tiny_patch4_window7_224']['gmacs_per_image'] < 4.6  # timm Swin-T: 4.5 G
+    assert 0.2 < rows['scalable_vit_small']['rate_ratio'] < 5
+
+
+@pytest.mark.slow  # about 40 s: each row (and each work count) runs in its own process
 def test_dense_benchmark_rows_json_and_curve(tmp_path):
     pytest.importorskip('mmdet')
     out, plot = tmp_path / 'dense.json', tmp_path / 'curve.png'
     result = subprocess.run(
         [sys.executable, str(ROOT / 'benchmarks' / 'dense.py'), '--curve', '--models', 'scalablevit-s', 'swin-t',
-         '--sizes', '96x96', '128x160', '--warmup', '0', '--repeats', '1', '--threads', '1', '--json', str(out),
-         '--plot', str(plot)], capture_output=True, text=True, timeout=600)
+         '--sizes', '96x96', '128x160', '--warmup', '1', '--repeats', '1', '--rounds', '1', '--threads', '1',
+         '--json', str(out), '--plot', str(plot)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(out.read_text())['rows']
+    report = json.loads(out.read_text())
+    assert report['allocator'] == 'cached' and report['baseline'] == 'swin-t'
+    rows = report['rows']
     assert {(r['model'], r['size'], r['mode']) for r in rows} == {
         (m, s, mode) for m in ('scalablevit-s', 'swin-t') for s in ('96x96', '128x160') for mode in ('infer', 'train')}
     for row in rows:
         assert 'error' not in row and row['batch_size'] == 1 and row['median_s'] > 0
         assert row['peak_mb'] > 0 and 0 <= row['step_mb'] <= row['peak_mb']
+        assert 0 < row['attention_gmacs'] < row['gmacs']
+        assert row['gmac_per_s'] == pytest.approx(row['gmacs'] * (3 if row['mode'] == 'train' else 1)
+                                                  / row['median_s'])
+    by_key = {(r['model'], r['size'], r['mode']): r for r in rows}
+    for size in ('96x96', '128x160'):
+        for mode in ('infer', 'train'):
+            ours, base = by_key['scalablevit-s', size, mode], by_key['swin-t', size, mode]
+            assert base['rate_ratio'] == 1 and base['time_ratio'] == 1
+            assert ours['time_ratio'] == pytest.approx(ours['median_s'] / base['median_s'])
+            assert ours['rate_ratio'] == pytest.approx(ours['gmacs'] / base['gmacs'] / ours['time_ratio'])
+    # work grows with the pixels: 128x160 has 2.2x the pixels of 96x96
+    assert 1.5 < by_key['swin-t', '128x160', 'infer']['gmacs'] / by_key['swin-t', '96x96', 'infer']['gmacs'] < 3
     train = {(r['model'], r['size']): r['step_mb'] for r in rows if r['mode'] == 'train'}
     assert train['scalablevit-s', '128x160'] > train['scalablevit-s', '96x96']  # more pixels, more activations
     assert plot.stat().st_size > 10_000
+    assert 'rate/base' in result.stdout and 'GMACs' in result.stdout
+
+
+@pytest.mark.parametrize('model', ['scalablevit-s', 'scopevit-t', 'swin-t-vsa'])
+def test_dense_work_counts_attention_inside_sdpa(model):
+    """The benchmark counts the fused path's work as the explicit path's: attention inside SDPA included, the
+    zero padding of SSA's narrower value width left out; mmengine alone would count nothing for SDPA."""
+    pytest.importorskip('mmdet')
+    import dense
+    from mmengine.analysis import FlopAnalyzer
+    args = argparse.Namespace(model=model, size='224x224')
+    fused = dense.count_work(args)
+
+    backbone = dense.build_backbone(model)
+    backbone.eval()
+
+    def count(**handles) -> Dict[str, int]:
+        analyzer = FlopAnalyzer(backbone, (torch.randn(1, 3, 224, 224),))
+        analyzer.set_op_handle(**handles)
+        analyzer.unsupported_ops_warnings(False)
+        analyzer.uncalled_modules_warnings(False)
+        return analyzer.by_operator()
+
+    without_handle = count()
+    for module in backbone.modules():
+        if hasattr(module, 'fused_attn'):
+            module.fused_attn = False
+    explicit = count()
+    assert 'scaled_dot_product_attention' not in explicit
+    assert fused['gmacs'] == pytest.approx(sum(explicit.values()) / 1e9, rel=1e-9)
+    assert fused['attention_gmacs'] == pytest.approx((explicit['matmul'] + explicit.get('bmm', 0)) / 1e9, rel=1e-9)
+    if model != 'swin-t-vsa':  # (its 49-token windows take the explicit ops on CPU: nothing to miss)
+        missed = sum(explicit.values()) - sum(without_handle.values())  # SDPA's products, uncounted by mmengine
+        assert missed > (1e7 if model == 'scalablevit-s' else 1e8)  # S: stage-1 SSA only at 224; ScopeViT: MSSA
