@@ -77,6 +77,12 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, sizes=(1024, 2048, 409
     return best
 
 
+def median_ratio(results: List[Dict], baseline: List[Dict], rate: Callable[[Dict], float],
+                 baseline_rate: Callable[[Dict], float]) -> float:
+    """Median over interleaved rounds of a row's rate divided by the baseline's rate in the same round."""
+    return statistics.median(rate(r) / baseline_rate(b) for r, b in zip(results, baseline))
+
+
 def is_package_model(name: str) -> bool:
     """Whether a timm model name is one of this package's models (any input size, FLOPs by get_flops)."""
     import timm
@@ -319,8 +325,8 @@ def main() -> None:
         row['fraction_of_peak'] = row['gflop_per_s'] / peak
         baseline = rounds.get((BASELINE, 'fast', mode))
         if baseline:  # the work rate against the baseline's in the same round, median over rounds
-            row['rate_ratio'] = statistics.median(gflop_per_s(r, model) / gflop_per_s(b, BASELINE)
-                                                  for r, b in zip(results, baseline))
+            row['rate_ratio'] = median_ratio(results, baseline, lambda r: gflop_per_s(r, model),
+                                             lambda b: gflop_per_s(b, BASELINE))
         rows.append(row)
         ratio = f'{row["rate_ratio"]:9.2f}' if 'rate_ratio' in row else f'{"-":>9s}'
         print(f'{model:30s} {variant:9s} {mode:5s} {row["median_s"]:9.3f} '

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchmark import CACHED_MALLOC_ENV, step_memory_mb, timed  # noqa: E402
+from benchmark import CACHED_MALLOC_ENV, median_ratio, step_memory_mb, timed  # noqa: E402
 
 # name: (backbone config, as a detection config would give it)
 BACKBONES = {
@@ -176,10 +176,11 @@ def summarise(rounds: Dict[Tuple, List[Dict]], work: Dict[Tuple[str, str], Dict]
         baseline = rounds.get((BASELINE, size, batch, mode), [])
         pairs = [(r, b) for r, b in zip(results, baseline) if 'error' not in r and 'error' not in b]
         if pairs:
-            row['time_ratio'] = statistics.median(r['median_s'] / b['median_s'] for r, b in pairs)
+            ours, theirs = zip(*pairs)
+            row['time_ratio'] = median_ratio(ours, theirs, lambda r: r['median_s'], lambda b: b['median_s'])
             if 'gmacs' in count and 'gmacs' in work.get((BASELINE, size), {}):
-                row['rate_ratio'] = statistics.median(
-                    work_rate(r, count) / work_rate(b, work[BASELINE, size]) for r, b in pairs)
+                row['rate_ratio'] = median_ratio(ours, theirs, lambda r: work_rate(r, count),
+                                                 lambda b: work_rate(b, work[BASELINE, size]))
         rows.append(row)
     return rows
 
