@@ -33,6 +33,7 @@ from timm.utils import ModelEmaV3, NativeScaler, ParseKwargs, get_state_dict, ra
 
 import scalablevit  # registers the models in timm
 from scalablevit import checkpoint as checkpoint_io
+from scalablevit.distributed import close_process_group
 
 import utils
 from datasets import UnreadableImageError, build_dataset
@@ -660,17 +661,18 @@ def main(args) -> None:
 
 if __name__ == '__main__':
     arguments = parse_args()
+    status = 0
     try:
         main(arguments)
     except (utils.UserInputError, UnreadableImageError) as error:
         print(f'error: {error}', file=sys.stderr, flush=True)
-        sys.exit(2)
+        status = 2
     except NonFiniteLossError as error:
         print(f'error: {error}', file=sys.stderr, flush=True)
-        sys.exit(3)
+        status = 3
     except TrainingStopped as stopped:
         print(str(stopped), file=sys.stderr, flush=True)
-        sys.exit(EXIT_STOPPED)
+        status = EXIT_STOPPED
     finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        close_process_group()  # after the except blocks, which free the traceback and the model in its frames
+    sys.exit(status)

@@ -1,16 +1,17 @@
-"""The torch.distributed rendezvous for tasks started by Slurm's `srun`.
+"""The torch.distributed rendezvous for tasks started by Slurm's `srun`, and the end of a distributed run.
 
 `srun` starts every task itself and describes it with SLURM_* variables, but sets none of the variables that
 `init_process_group(init_method='env://')` reads (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Used by
 `classification/` (timm's `init_distributed_device`) and by the OpenMMLab drivers on CPU (mmengine's slurm
 launcher does the same itself on GPUs, with this module's MASTER_PORT).
 """
+import gc
 import os
 import re
 import shutil
 import subprocess
 
-__all__ = ['is_slurm_task', 'slurm_master_port', 'set_slurm_rendezvous']
+__all__ = ['is_slurm_task', 'slurm_master_port', 'set_slurm_rendezvous', 'close_process_group']
 
 DEFAULT_PORT_BASE = 29500
 
@@ -55,3 +56,20 @@ def set_slurm_rendezvous() -> bool:
         os.environ['MASTER_ADDR'] = _first_host(node_list)
     os.environ['MASTER_PORT'] = str(slurm_master_port())
     return True
+
+
+def close_process_group() -> None:
+    """Destroy every process group at the end of a run, while the interpreter is still alive.
+
+    A gloo group's worker threads take the GIL to release the tensors of the collectives they ran. Left to the
+    interpreter's exit, the group dies with the finished run's reference cycles (the model's DDP wrapper holds
+    it; mmengine's Runner is such a cycle), in the exit's last garbage collection; a worker that needs the GIL
+    then is stopped inside a destructor and the process aborts (SIGABRT, "terminate called without an active
+    exception") after a run that succeeded. So the cycles are collected first: destroying the group then drops
+    its last reference, and its destructor joins the workers now. Call it once the run's objects are unreachable
+    (after the driver returned and any exception's traceback is gone)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    dist.destroy_process_group()

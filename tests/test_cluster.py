@@ -133,6 +133,52 @@ def openmmlab_demo(task: str, tmp_path: Path) -> Path:
     return SEGMENTATION / 'configs' / 'demo' / 'fpn_scalablevit-test_demo-ade.py'
 
 
+CLOSE_AFTER_A_RUN = """\
+import os
+import torch
+import torch.distributed as dist
+from scalablevit.distributed import close_process_group
+
+def gloo_workers():
+    tasks = os.listdir('/proc/self/task')
+    return sum(open(f'/proc/self/task/{task}/comm').read().strip() == 'pt_gloo_runloop' for task in tasks)
+
+dist.init_process_group('gloo')
+
+class Run:  # a finished run as mmengine's Runner leaves it: a reference cycle that holds the DDP model
+    pass
+
+run = Run()
+run.loop = run
+run.model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+run.model(torch.ones(3, 4)).sum().backward()
+dist.broadcast(torch.ones(2), src=0)
+running = gloo_workers()
+del run
+close_process_group()
+print('gloo workers', running, gloo_workers(), dist.is_initialized())
+"""
+
+
+@pytest.mark.skipif(not Path('/proc/self/task').is_dir(), reason='counts threads in /proc')
+def test_close_process_group_joins_gloo_workers_before_exit(tmp_path):
+    """A finished run's process group is gone, its gloo workers joined, before the interpreter exits: left to
+    the exit's garbage collection (the group lives in the run's reference cycles), a worker that takes the GIL
+    then aborts a run that succeeded (SIGABRT after the last validation of a 2-task Slurm run)."""
+    script = tmp_path / 'close.py'
+    script.write_text(CLOSE_AFTER_A_RUN)
+    env = dict(os.environ, OMP_NUM_THREADS='1', WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
+               MASTER_PORT=str(free_port()))
+    ranks = [subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=dict(env, RANK=str(rank)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [rank.communicate(timeout=120)[0] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs
+    for output in outputs:
+        running, left = output.split('gloo workers ')[1].split()[:2]
+        assert int(running) > 0 and int(left) == 0, output  # workers ran the collectives, then were joined
+        assert output.split()[-1] == 'False'
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('task', ['detection', 'segmentation'])
 def test_openmmlab_slurm_train_and_test(slurm, task, tmp_path):

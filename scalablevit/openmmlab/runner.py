@@ -14,13 +14,12 @@ import os
 import os.path as osp
 from typing import Callable, List, Optional
 
-import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from ..checkpoint import CheckpointError
-from ..distributed import set_slurm_rendezvous
+from ..distributed import close_process_group, set_slurm_rendezvous
 from ..run_folder import RunFolderError, lock_run_folder
 from .checks import DataCheckError, checkpoint_mismatch, validate_annotation_files
 from .compat import prepare_cpu_distributed
@@ -61,16 +60,16 @@ def _load_config(args: argparse.Namespace) -> Config:
 def _stops_with_message(driver: Callable) -> Callable:
     """Turn the errors that say what to fix (locked or unwritable work dir, data or checkpoint that does not fit)
     into one `error: ...` line and exit status 1, without a traceback; and close the process group mmengine
-    opened (left to the interpreter's exit, gloo's threads can abort the process after a finished run)."""
+    opened once the run's objects are gone (`close_process_group`: else a finished run can abort at exit)."""
     @functools.wraps(driver)
     def run(*args, **kwargs):
         try:
             return driver(*args, **kwargs)
         except (RunFolderError, DataCheckError, CheckpointError) as error:
-            raise SystemExit(f'error: {error}') from None
+            message = f'error: {error}'  # the traceback, and the Runner in its frames, go with this block
         finally:
-            if dist.is_available() and dist.is_initialized():
-                dist.destroy_process_group()
+            close_process_group()
+        raise SystemExit(message)
     return run
 
 
