@@ -86,9 +86,11 @@ def attend(
         if mask is not None:
             attn_mask = mask if bias is None else bias.masked_fill(~mask, float('-inf'))
         return sdpa_equal_widths(q, k, v, attn_mask, dropout_p, scale)
-    # the score tensor is scaled, biased and masked in place: at dense sizes it is the largest temporary (e.g.
-    # 40 MB per Swin+VSA stage-1 layer), and every fresh copy of it costs a pass and its page faults
-    attn = (q @ k.transpose(-2, -1)).mul_(scale)
+    # the scale goes into q before the product, as in SDPA: unscaled float16 scores overflow (|q·k| > 65504, e.g.
+    # |q|, |k| ~ 40 at d = 64) into inf - inf = NaN rows. The score tensor is biased and masked in place: at dense
+    # sizes it is the largest temporary (e.g. 40 MB per Swin+VSA stage-1 layer), and every fresh copy of it costs a
+    # pass and its page faults. Masked keys take -inf in any dtype; no row is all masked (`key_padding_mask`).
+    attn = (q * scale) @ k.transpose(-2, -1)
     if bias is not None:
         attn = attn.add_(bias)
     if mask is not None:
@@ -108,7 +110,8 @@ def key_padding_mask(height: int, width: int, group_rows: torch.Tensor, group_co
         group_cols: (nC, L') the same for columns.
 
     Returns:
-        (nR·nC, L·L') in group order (row-major over groups, then over tokens).
+        (nR·nC, L·L') in group order (row-major over groups, then over tokens). Maps padded by less than a window
+        (a lattice's group count) keep each group's first token real, so no softmax row is all masked (NaN).
     """
     real = (group_rows < height)[:, None, :, None] & (group_cols < width)[None, :, None, :]  # nR, nC, L, L'
     return real.reshape(group_rows.shape[0] * group_cols.shape[0], -1)

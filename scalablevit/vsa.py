@@ -182,7 +182,11 @@ def varied_size_window_attention(
     Hp, Wp = nH * s, nW * s
     if Hp != H or Wp != W:
         qkv = F.pad(qkv, (0, 0, 0, Wp - W, 0, Hp - H))
-    grid = window_sampling_grid(regression, s).to(qkv.dtype)
+    # the sampling points and the bilinear interpolation stay float32 under autocast and in half-precision models:
+    # computed in bfloat16 they are off by up to 0.2 pixel at 224 and 3.2 pixels on an 800x1344 image's stage-1
+    # map (window indices past 256 are not even representable); from a bfloat16 regression, 0.014 pixel
+    sample_dtype = torch.promote_types(qkv.dtype, torch.float32)  # float32 (float64 in float64 models)
+    grid = window_sampling_grid(regression.to(sample_dtype), s)
     # the map stays channels-last: q is cut into windows directly, k and v are resampled together (one
     # grid_sample over a channels-last view, which the CPU kernel reads faster than a channels-first copy)
     qkv = qkv.reshape(B, Hp, Wp, 3, heads, d)
@@ -190,7 +194,8 @@ def varied_size_window_attention(
     q = qkv[:, :, :, 0].reshape(B, nH, s, nW, s, heads, d).permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, heads, s * s, d)
     # B, Hp, Wp, 2, heads, d -> B·heads, Hp, Wp, 2d -> (view) B·heads, 2d, Hp, Wp
     kv = qkv[:, :, :, 1:].permute(0, 4, 1, 2, 3, 5).reshape(B * heads, Hp, Wp, 2 * d).permute(0, 3, 1, 2)
-    kv = F.grid_sample(kv, grid, mode='bilinear', padding_mode='zeros', align_corners=True)
+    kv = F.grid_sample(kv.to(sample_dtype), grid, mode='bilinear', padding_mode='zeros', align_corners=True)
+    kv = kv.to(qkv.dtype)
     # B·heads, 2d, Hp, Wp -> B, heads, 2, d, nH, s, nW, s -> 2, B·nH·nW, heads, s², d
     kv = kv.reshape(B, heads, 2, d, nH, s, nW, s).permute(2, 0, 4, 6, 1, 5, 7, 3).reshape(2, -1, heads, s * s, d)
     bias = bias.unsqueeze(0).to(q.dtype) if bias is not None else None  # 1, heads, s², s²
