@@ -1,10 +1,10 @@
 """One training epoch (gradient accumulation, no per-step host sync, stop and save on request), evaluation
 and throughput measurement."""
 import math
-import signal
 import time
 from contextlib import nullcontext
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -12,23 +12,21 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3, NativeScaler, accuracy, dispatch_clip_grad
 
 import utils
-from sampler import STOP_SIGNALS
 
+if TYPE_CHECKING:
+    from run_state import TrainingRun
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-class TrainingStopped(Exception):
-    """Training stopped on a signal after its checkpoint was written; rerunning the command resumes."""
-
-
 def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
-    """Mixed precision on CUDA when an AMP dtype is set; full precision otherwise."""
-    if amp_dtype is None or device.type != 'cuda':
+    """Mixed precision in `amp_dtype` on the device (CUDA, or CPU's bfloat16/float16 autocast); float32 when
+    it is None."""
+    if amp_dtype is None:
         return nullcontext()
-    return torch.autocast(device_type='cuda', dtype=amp_dtype)
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
 class StepMixup(Mixup):
@@ -41,51 +39,6 @@ class StepMixup(Mixup):
 
     def _params_per_batch(self) -> Tuple[float, bool]:
         return self._step_params
-
-
-class StopRequest:
-    """SIGTERM/SIGUSR1 (a Slurm preemption, `--signal=USR1@90`, torchrun forwarding SIGTERM) set a flag; the
-    training loop asks `agreed()` after every optimizer step. Across ranks the flag is all-reduced (MAX, on the
-    CPU through gloo, so no GPU sync) without waiting: each call starts the reduction of this step's flag and
-    returns the previous step's result, so every rank stops after the same step, one step after the signal, and
-    the reduction's latency hides behind a step. The handlers only set the flag: a signal never interrupts a
-    step or a checkpoint write."""
-
-    def __init__(self):
-        self.signal: Optional[int] = None
-        self._group = None
-        self._pending: Optional[Tuple[torch.Tensor, object]] = None
-        if utils.is_dist_avail_and_initialized():
-            self._group = dist.new_group(backend='gloo') if dist.get_backend() != 'gloo' else dist.group.WORLD
-        self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
-
-    def _handle(self, signum: int, frame) -> None:
-        self.signal = signum
-
-    def agreed(self) -> bool:
-        """Whether any rank had received a stop signal by the previous call (a collective: every rank calls it
-        at the same steps)."""
-        if self._group is None:
-            return self.signal is not None
-        result = self._wait()
-        flag = torch.tensor([self.signal is not None], dtype=torch.int32)
-        self._pending = flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
-        return result
-
-    def _wait(self) -> bool:
-        if self._pending is None:
-            return False
-        flag, work = self._pending
-        work.wait()
-        self._pending = None
-        return bool(flag.item())
-
-    def close(self) -> None:
-        """Finish the reduction in flight and give the signals back to their previous handlers."""
-        if self._pending is not None:
-            self._wait()
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 def meter_states(metric_logger: utils.MetricLogger) -> Dict[str, tuple]:
@@ -156,93 +109,105 @@ class PendingLosses:
             metric_logger.update(loss=value, lr=lr)
 
 
+@dataclass
+class TrainStep:
+    """How one optimizer step trains: `accum_steps` micro-batches, the loss of each divided by the step's count,
+    under mixed precision (`amp_dtype`, a `loss_scaler` for float16), DDP (`ddp_model`) synchronising gradients
+    only in the last micro-batch's forward and backward (`no_sync`), mixup drawn once per step, gradients
+    clipped to `max_norm`, the EMA updated once per step."""
+    criterion: Callable
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    accum_steps: int = 1
+    loss_scaler: Optional[NativeScaler] = None
+    amp_dtype: Optional[torch.dtype] = None
+    max_norm: Optional[float] = None
+    model_ema: Optional[ModelEmaV3] = None
+    mixup_fn: Optional[StepMixup] = None
+    channels_last: bool = False
+    ddp_model: Optional[torch.nn.parallel.DistributedDataParallel] = None
+
+    def __call__(self, model: torch.nn.Module, micro_batches: Iterator, count: int) -> torch.Tensor:
+        """One optimizer step over `count` micro-batches; returns the step's mean loss (on the device)."""
+        self.optimizer.zero_grad()
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        step_loss = 0.0
+        for micro, (samples, targets) in enumerate(micro_batches):
+            samples = samples.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            if self.channels_last:
+                samples = samples.contiguous(memory_format=torch.channels_last)
+            if self.mixup_fn is not None:
+                if micro == 0:
+                    self.mixup_fn.next_step()
+                samples, targets = self.mixup_fn(samples, targets)
+            last = micro == count - 1
+            # the forward too: DDP prepares its gradient all-reduce in the forward
+            sync = self.ddp_model.no_sync() if self.ddp_model is not None and not last else nullcontext()
+            with sync:
+                with autocast(self.device, self.amp_dtype):
+                    loss = self.criterion(model(samples), targets)
+                step_loss = step_loss + loss.detach()
+                loss = loss / count
+                if self.loss_scaler is not None:
+                    self.loss_scaler(loss, self.optimizer, clip_grad=self.max_norm, parameters=parameters,
+                                     need_update=last)
+                else:
+                    loss.backward()
+            if last and self.loss_scaler is None:
+                if self.max_norm:
+                    dispatch_clip_grad(parameters, self.max_norm)
+                self.optimizer.step()
+        if self.model_ema is not None:
+            self.model_ema.update(model)
+        return step_loss / count
+
+
 def train_one_epoch(
         model: torch.nn.Module,
-        criterion: Callable,
+        train_step: TrainStep,
         data_loader: Iterable,
-        optimizer: torch.optim.Optimizer,
-        device: torch.device,
         epoch: int,
-        loss_scaler: Optional[NativeScaler],
-        amp_dtype: Optional[torch.dtype],
-        max_norm: Optional[float] = None,
-        model_ema: Optional[ModelEmaV3] = None,
-        mixup_fn: Optional[StepMixup] = None,
-        print_freq: int = 10,
-        accum_steps: int = 1,
+        run: Optional['TrainingRun'] = None,
         start_step: int = 0,
         meters: Optional[Dict[str, tuple]] = None,
-        channels_last: bool = False,
-        stop: Optional[StopRequest] = None,
         checkpoint_interval: int = 0,
-        save: Optional[Callable[[int, Dict[str, tuple]], None]] = None,
-        ddp_model: Optional[torch.nn.parallel.DistributedDataParallel] = None,
+        print_freq: int = 10,
 ) -> Tuple[Dict[str, float], bool]:
     """Train one epoch (from optimizer step `start_step` on, with the epoch's `meters` so far when resuming).
 
-    Every optimizer step takes `accum_steps` micro-batches: the loss of each is divided by the step's count,
-    DDP (`ddp_model`) all-reduces gradients only on the last one (`no_sync`), mixup draws once per step and the
-    EMA updates once per step. After step n (counted in the epoch) `save(n, meters)` writes a mid-epoch
-    checkpoint every `checkpoint_interval` steps and when the ranks agree to stop (`stop`); the losses are
-    checked for NaN/inf before each save. Returns (the epoch's averaged stats, whether it stopped early).
+    After step n (counted in the epoch) the `run` writes its position every `checkpoint_interval` steps and
+    when the ranks agree to stop; the losses are checked for NaN/inf before each save. A stop agreed on the
+    epoch's last step ends the epoch as usual (its evaluation and checkpoint follow; the caller stops then).
+    Returns (the epoch's averaged stats, whether it stopped early).
     """
     model.train()
     metric_logger = utils.MetricLogger()
     metric_logger.add_meter('lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
     if meters:
         load_meter_states(metric_logger, meters)
-    steps = OptimizerSteps(data_loader, accum_steps, start_step)
+    steps = OptimizerSteps(data_loader, train_step.accum_steps, start_step)
     pending = PendingLosses(epoch)
-    lr = max(group['lr'] for group in optimizer.param_groups)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    stopped = False
+    lr = max(group['lr'] for group in train_step.optimizer.param_groups)
+    micro_batches_done = 0
     header = f'Epoch: [{epoch}]'
     for index, (step, count, micro_batches) in enumerate(metric_logger.log_every(steps, print_freq, header)):
-        optimizer.zero_grad()
-        step_loss = 0.0
-        for micro, (samples, targets) in enumerate(micro_batches):
-            samples = samples.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            if channels_last:
-                samples = samples.contiguous(memory_format=torch.channels_last)
-            if mixup_fn is not None:
-                if micro == 0:
-                    mixup_fn.next_step()
-                samples, targets = mixup_fn(samples, targets)
-            last = micro == count - 1
-            with autocast(device, amp_dtype):
-                loss = criterion(model(samples), targets)
-            step_loss = step_loss + loss.detach()
-            loss = loss / count
-            sync = ddp_model.no_sync() if ddp_model is not None and not last else nullcontext()
-            with sync:
-                if loss_scaler is not None:
-                    loss_scaler(loss, optimizer, clip_grad=max_norm, parameters=parameters, need_update=last)
-                else:
-                    loss.backward()
-            if last and loss_scaler is None:
-                if max_norm:
-                    dispatch_clip_grad(parameters, max_norm)
-                optimizer.step()
-        if model_ema is not None:
-            model_ema.update(model)
-        pending.append(step, step_loss / count)
-
+        pending.append(step, train_step(model, micro_batches, count))
+        micro_batches_done += count
         done = step + 1
-        stopping = stop is not None and stop.agreed()
-        saving = save is not None and (stopping or (checkpoint_interval and done % checkpoint_interval == 0
-                                                    and done < steps.steps))
-        if saving or index % print_freq == 0 or done == steps.steps:
+        last = done == steps.steps
+        stopping = run is not None and run.stop_agreed() and not last
+        saving = run is not None and (stopping or (checkpoint_interval and done % checkpoint_interval == 0
+                                                   and not last))
+        if saving or index % print_freq == 0 or last:
             pending.flush(metric_logger, lr)  # before log_every prints, and before anything is written
         if saving:
-            save(done, meter_states(metric_logger))
+            run.save_position(epoch, done, micro_batches_done, meter_states(metric_logger))
         if stopping:
-            stopped = True
-            break
-    if not stopped:
-        metric_logger.synchronize_between_processes()
-        utils.logger.info(f'Averaged stats: {metric_logger}')
-    return {name: meter.global_avg for name, meter in metric_logger.meters.items()}, stopped
+            return {name: meter.global_avg for name, meter in metric_logger.meters.items()}, True
+    metric_logger.synchronize_between_processes()
+    utils.logger.info(f'Averaged stats: {metric_logger}')
+    return {name: meter.global_avg for name, meter in metric_logger.meters.items()}, False
 
 
 @torch.no_grad()
@@ -255,6 +220,8 @@ def evaluate(
 ) -> Dict[str, float]:
     criterion = torch.nn.CrossEntropyLoss()
     metric_logger = utils.MetricLogger()
+    for name in ('loss', 'acc1', 'acc5'):  # a rank without validation samples (fewer shards than ranks) adds 0
+        metric_logger.add_meter(name, utils.SmoothedValue())
     model.eval()
     for images, targets in metric_logger.log_every(data_loader, 10, 'Test:'):
         images = images.to(device, non_blocking=True)

@@ -13,38 +13,35 @@ the same command then resumes at that step and ends bit-identical to an uninterr
 """
 import argparse
 import datetime
-import functools
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import timm
 import torch
 import torch.distributed as dist
 from timm.data import resolve_data_config
-from timm.data.distributed_sampler import RepeatAugSampler
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, NativeScaler, ParseKwargs, get_state_dict, random_seed
+from timm.utils import ModelEmaV3, NativeScaler, ParseKwargs, random_seed
 
 import scalablevit  # registers the models in timm
 from scalablevit import checkpoint as checkpoint_io
 from scalablevit.distributed import close_process_group
+from scalablevit.preemption import EXIT_STOPPED, TrainingStopped, ignore_stop_signals
 
 import utils
 from datasets import UnreadableImageError, build_dataset
-from engine import NonFiniteLossError, StepMixup, StopRequest, TrainingStopped, evaluate, throughput, train_one_epoch
-from sampler import ResumableSampler, SeededSamples, ignore_stop_signals
+from engine import NonFiniteLossError, StepMixup, TrainStep, evaluate, throughput, train_one_epoch
+from run_state import TrainingRun, resolve_resume
+from sampler import EpochOrder, SeededSamples
 from shards import ShardSplit, build_shard_split
 
 AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'none': None}
-# the exit status after a stop signal (SIGTERM, SIGUSR1) once the checkpoint is written: sysexits' EX_TEMPFAIL,
-# 'temporary failure, try again': rerunning the same command resumes where it stopped
-EXIT_STOPPED = 75
+REPEATED_AUG_COPIES = 3  # DeiT's repeated augmentation: each image three times per epoch, on three ranks
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -67,8 +64,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.set_defaults(model_ema=False)
     parser.add_argument('--model-ema-decay', type=float, default=0.99996)
     parser.add_argument('--model-ema-force-cpu', action='store_true', default=False)
+    parser.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
+                        help='mixed precision (torch.autocast) in --amp-dtype; default: on for CUDA, off elsewhere')
     parser.add_argument('--amp-dtype', default='bfloat16', choices=sorted(AMP_DTYPES),
-                        help='mixed precision on GPU (ignored on CPU, which trains in float32)')
+                        help='the autocast dtype: bfloat16, or float16 with the loss scaler; none disables AMP')
 
     # optimizer
     parser.add_argument('--opt', default='adamw', type=str, metavar='OPTIMIZER')
@@ -172,13 +171,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
                         help='torch.compile the model (default backend: inductor)')
     parser.add_argument('--channels-last', action='store_true', help='train and evaluate in channels-last layout')
+    parser.add_argument('--log-tensorboard', action='store_true',
+                        help='also write the epoch scalars as TensorBoard events to --output_dir/tensorboard')
     return parser
 
 
 def build_train_loader(args, dataset) -> tuple:
-    """DeiT's sampling (repeated augmentation across ranks when distributed, plain shuffling otherwise), in an
-    order fixed by (seed, epoch) and with per-sample augmentation seeds (`sampler.py`), so that an epoch can
-    resume at any step. The loader's own seed comes from a private generator, not the global stream."""
+    """DeiT's sampling (repeated augmentation across ranks when distributed, plain shuffling otherwise) in an
+    order fixed by (seed, epoch) and independent of the number of processes, with per-sample augmentation seeds
+    (`sampler.py`), so that an epoch can resume at any step on any layout. The loader's own seed comes from a
+    private generator, not the global stream. Returns (what `set_epoch` positions, the loader)."""
     world_size, rank = utils.get_world_size(), utils.get_rank()
     if isinstance(dataset, ShardSplit):  # shards: the rank's batches come from the dataset itself
         batches = dataset.loader_dataset(args.batch_size, args.num_workers, rank, world_size, train=True,
@@ -186,12 +188,8 @@ def build_train_loader(args, dataset) -> tuple:
         return batches, torch.utils.data.DataLoader(
             batches, batch_size=None, num_workers=args.num_workers, pin_memory=args.pin_mem,
             worker_init_fn=ignore_stop_signals, generator=torch.Generator().manual_seed(args.seed))
-    if args.distributed and args.repeated_aug:
-        order = RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True)
-    else:
-        order = torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                                    seed=args.seed)
-    sampler = ResumableSampler(order, args.seed, rank)
+    repeats = REPEATED_AUG_COPIES if args.repeated_aug and world_size > 1 else 1
+    sampler = EpochOrder(len(dataset), args.batch_size, args.seed, rank, world_size, repeats)
     loader = torch.utils.data.DataLoader(
         SeededSamples(dataset), sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
         pin_memory=args.pin_mem, drop_last=True, worker_init_fn=ignore_stop_signals,
@@ -200,12 +198,14 @@ def build_train_loader(args, dataset) -> tuple:
 
 
 def build_val_loader(args, dataset, batch_size: int) -> torch.utils.data.DataLoader:
+    """Every validation sample once (with --dist-eval: split across ranks). Its workers ignore the stop
+    signals too: a signal during the evaluation lets it finish, and the epoch's checkpoint follows."""
     if isinstance(dataset, ShardSplit):  # every sample once: all shards, or with --dist-eval the rank's share
         split_ranks = args.distributed and args.dist_eval
         batches = dataset.loader_dataset(batch_size, args.num_workers, utils.get_rank() if split_ranks else 0,
                                          utils.get_world_size() if split_ranks else 1, train=False)
         return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=args.num_workers,
-                                           pin_memory=args.pin_mem)
+                                           pin_memory=args.pin_mem, worker_init_fn=ignore_stop_signals)
     if args.distributed and args.dist_eval:
         sampler = torch.utils.data.DistributedSampler(
             dataset, num_replicas=utils.get_world_size(), rank=utils.get_rank(), shuffle=False)
@@ -213,7 +213,17 @@ def build_val_loader(args, dataset, batch_size: int) -> torch.utils.data.DataLoa
         sampler = torch.utils.data.SequentialSampler(dataset)
     return torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=batch_size, num_workers=args.num_workers,
-        pin_memory=args.pin_mem, drop_last=False)
+        pin_memory=args.pin_mem, drop_last=False, worker_init_fn=ignore_stop_signals)
+
+
+def tensorboard_writer(output_dir: Path):
+    """A TensorBoard SummaryWriter on --output_dir/tensorboard (`--log-tensorboard`)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise utils.UserInputError('--log-tensorboard needs the tensorboard package: pip install -r '
+                                   'requirements.txt') from None
+    return SummaryWriter(str(output_dir / 'tensorboard'))
 
 
 def create_classifier(args, num_classes: int) -> torch.nn.Module:
@@ -240,115 +250,6 @@ def resolve_data_args(args: argparse.Namespace) -> None:
                         ('mean', tuple(data['mean'])), ('std', tuple(data['std']))):
         if getattr(args, name) is None:
             setattr(args, name, value)
-
-
-def restore_training_state(checkpoint, source, optimizer, lr_scheduler, model_ema, loss_scaler,
-                           keep_optimizer_state: bool = True, keep_schedule: bool = True) -> tuple:
-    """Restore optimizer, scheduler, EMA, scaler and RNG states; return (start epoch, best accuracy so far).
-
-    The optimizer's hyperparameters (lr, weight decay, betas, ...) stay those of this command line; its state
-    is restored unless `keep_optimizer_state` is False (another optimizer type), and the scheduler's unless
-    `keep_schedule` is False (a changed schedule: this command line's applies from the next epoch)."""
-    if keep_optimizer_state:
-        utils.check_finite({'optimizer': checkpoint['optimizer']}, f'checkpoint {source}', 'optimizer state')
-        hyperparameters = [{k: v for k, v in group.items() if k != 'params'} for group in optimizer.param_groups]
-        optimizer.load_state_dict(checkpoint['optimizer'])
-        for group, values in zip(optimizer.param_groups, hyperparameters):
-            group.update(values)
-    if keep_schedule:
-        lr_scheduler.load_state_dict(checkpoint['lr_scheduler'])
-    if model_ema is not None and checkpoint.get('model_ema') is not None:
-        utils.load_model_weights(model_ema.module, {'model_ema': checkpoint['model_ema']}, source, use_ema=True)
-    if loss_scaler is not None and checkpoint.get('scaler') is not None:
-        loss_scaler.load_state_dict(checkpoint['scaler'])
-    rng_states = checkpoint.get('rng', [])
-    if len(rng_states) == utils.get_world_size():
-        utils.restore_rng_state(rng_states[utils.get_rank()])
-    else:
-        utils.logger.warning(f'checkpoint has RNG states for {len(rng_states)} processes, this run has '
-                             f'{utils.get_world_size()}: continuing with fresh random streams')
-    start_epoch = checkpoint['epoch'] + 1
-    lr_scheduler.step(start_epoch)  # the learning rate the uninterrupted run would use next
-    return start_epoch, checkpoint.get('max_accuracy', 0.0)
-
-
-# What a resumed command line may change. Flags that define the run are refused unless --override-resume; a
-# changed schedule flag replaces the saved schedule by this command line's (from the next epoch on); a changed
-# model or optimizer type leaves the saved optimizer state unusable; everything else applies as given.
-FIXED_ON_RESUME = ('model', 'model_kwargs', 'opt', 'layer_decay', 'sched', 'epochs', 'warmup_epochs',
-                   'cooldown_epochs', 'decay_epochs', 'batch_size', 'grad_accum_steps', 'global_batch_size')
-SCHEDULE_FLAGS = ('sched', 'epochs', 'lr', 'warmup_lr', 'min_lr', 'warmup_epochs', 'cooldown_epochs',
-                  'decay_epochs', 'decay_rate', 'patience_epochs', 'lr_noise', 'lr_noise_pct', 'lr_noise_std')
-OPTIMIZER_TYPE_FLAGS = ('model', 'model_kwargs', 'opt', 'layer_decay')
-NOT_APPLIED_ON_RESUME = {'seed': 'not applied: the random streams continue from the checkpoint'}
-# where and how the run executes, not what it computes: never compared
-RUN_ENVIRONMENT = ('resume', 'override_resume', 'start_epoch', 'eval', 'use_ema', 'throughput', 'throughput_warmup',
-                   'throughput_iters', 'output_dir', 'data_path', 'device', 'num_workers', 'pin_mem', 'dist_url',
-                   'dist_eval', 'local_rank', 'rank', 'world_size', 'gpu', 'distributed', 'dist_backend',
-                   'skip_bad_images', 'checkpoint_interval', 'requeue', 'finetune', 'torchcompile', 'channels_last')
-
-
-def resume_changes(args: argparse.Namespace, checkpoint: dict, source: str, start_epoch: int) -> set:
-    """Compare this command line with the one that wrote the checkpoint (its 'args'): every flag that differs
-    is logged with what happens to it, and flags that cannot change mid-run (`FIXED_ON_RESUME`) are a
-    UserInputError unless --override-resume. Returns the names of the differing flags."""
-    saved = checkpoint.get('args')
-    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
-    if not isinstance(saved, dict):
-        utils.logger.warning(f'{source} records no command line: the flags of this run cannot be checked against '
-                             f'the one that wrote it')
-        return set()
-    current = dict(vars(args), global_batch_size=args.batch_size * utils.get_world_size() * args.grad_accum_steps)
-    saved = dict(saved, global_batch_size=saved.get('batch_size', 0) * saved.get('world_size', 1)
-                 * saved.get('grad_accum_steps', 1))
-    changed = sorted(k for k in current if k in saved and k not in RUN_ENVIRONMENT and current[k] != saved[k])
-    if not changed:
-        return set()
-    options = {action.dest: action.option_strings[0] for action in get_args_parser()._actions
-               if action.option_strings}
-    options.update(global_batch_size='global batch size (--batch-size x processes x --grad-accum-steps)',
-                   lr='--lr (scaled to the global batch)')
-
-    def describe(key: str, effect: str) -> str:
-        return f'  {options.get(key, key)}: {current[key]!r} (checkpoint: {saved[key]!r}){effect}'
-
-    fixed = [k for k in changed if k in FIXED_ON_RESUME]
-    if fixed and not args.override_resume:
-        raise utils.UserInputError(
-            f'{source} was written by a run with other settings that cannot change mid-run:\n'
-            + '\n'.join(describe(k, '') for k in fixed)
-            + '\nResume with the checkpoint\'s values, or pass --override-resume to apply the new ones from '
-              f'epoch {start_epoch} on (another --opt or model starts from a fresh optimizer state).')
-    lines = []
-    for key in changed:
-        if key in NOT_APPLIED_ON_RESUME:
-            effect = NOT_APPLIED_ON_RESUME[key]
-        elif key in OPTIMIZER_TYPE_FLAGS:
-            effect = 'applied: the optimizer state starts afresh'
-        elif key in SCHEDULE_FLAGS:
-            effect = f'applied: this command line\'s learning-rate schedule from epoch {start_epoch} on'
-        else:
-            effect = 'applied'
-        lines.append(describe(key, f' -> {effect}'))
-    utils.logger.warning(f'resuming {source}: flags that differ from the checkpoint\'s:\n' + '\n'.join(lines))
-    return set(changed)
-
-
-def resolve_resume(args: argparse.Namespace, output_dir: Optional[Path]) -> str:
-    """The checkpoint to start from: --resume (a folder means its checkpoint.pth), else
-    --output_dir/checkpoint.pth when it exists (restarting a training command resumes it), else ''."""
-    if args.resume:
-        if not Path(args.resume).is_dir():
-            return args.resume
-        candidate = Path(args.resume) / 'checkpoint.pth'
-        if candidate.is_file():
-            return str(candidate)
-        found = sorted(p.name for p in Path(args.resume).glob('*.pth'))
-        raise utils.UserInputError(f'--resume {args.resume} is a folder without checkpoint.pth'
-                                   + (f'; it holds {found[:5]}: pass one of them' if found else ''))
-    if output_dir is not None and (output_dir / 'checkpoint.pth').exists():
-        return str(output_dir / 'checkpoint.pth')
-    return ''
 
 
 def load_finetune_weights(model: torch.nn.Module, path: str, use_ema: Optional[bool]) -> None:
@@ -382,48 +283,6 @@ def load_finetune_weights(model: torch.nn.Module, path: str, use_ema: Optional[b
                       + (f', {kept_buffers} (the model\'s buffers)' if kept_buffers else ''))
 
 
-def mid_epoch_position(checkpoint: dict, args: argparse.Namespace, source: str) -> Tuple[int, Optional[dict]]:
-    """(optimizer steps already done in epoch `args.start_epoch`, this rank's meters of that epoch) of a
-    checkpoint written mid-epoch; (0, None) for one written at an epoch end. The position means the same
-    samples only for the same number of processes, batch size and accumulation."""
-    position = checkpoint.get('mid_epoch')
-    if not position:
-        return 0, None
-    layout = {'world_size': utils.get_world_size(), 'batch_size': args.batch_size,
-              'grad_accum_steps': args.grad_accum_steps}
-    if args.dataset == 'wds':  # which shards a loader worker reads depends on their number
-        layout['num_workers'] = args.num_workers
-    saved = {key: position.get(key) for key in layout}
-    if saved != layout:
-        raise utils.UserInputError(
-            f'{source} was written in the middle of epoch {position["epoch"]} by a run with {saved}; this run has '
-            f'{layout}. Resume it with the same processes, --batch-size and --grad-accum-steps (shards: and '
-            f'--num_workers), or from a checkpoint written at an epoch end.')
-    return position['step'], position['meters'][utils.get_rank()]
-
-
-def gather_from_ranks(value):
-    """Every rank's `value`, in rank order (a collective when distributed)."""
-    if not utils.is_dist_avail_and_initialized():
-        return [value]
-    values = [None] * utils.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
-
-
-def requeue_slurm_job() -> None:
-    """`scontrol requeue $SLURM_JOB_ID`: Slurm starts the same job script again, which resumes."""
-    job = os.environ.get('SLURM_JOB_ID')
-    if job is None:
-        utils.logger.warning('--requeue: not a Slurm job (no SLURM_JOB_ID), nothing requeued')
-        return
-    result = subprocess.run(['scontrol', 'requeue', job], capture_output=True, text=True)
-    if result.returncode:
-        utils.logger.warning(f'scontrol requeue {job} failed: {result.stderr.strip()}')
-    else:
-        utils.logger.info(f'requeued Slurm job {job}')
-
-
 def mixup_active(args) -> bool:
     return args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
 
@@ -435,8 +294,9 @@ def validate_args(args) -> None:
         raise utils.UserInputError('--grad-accum-steps must be at least 1')
     if args.checkpoint_interval < 0:
         raise utils.UserInputError('--checkpoint-interval must be 0 (off) or a number of steps')
-    if mixup_active(args) and args.mixup_mode == 'batch' and args.batch_size % 2:
-        raise utils.UserInputError(f'--batch-size {args.batch_size} must be even for batch-mode mixup/cutmix')
+    if mixup_active(args) and args.batch_size % 2:  # timm's Mixup pairs each sample with its mirror
+        raise utils.UserInputError(f'--batch-size {args.batch_size} must be even for mixup/cutmix (any '
+                                   f'--mixup-mode); pass an even --batch-size, or --mixup 0 --cutmix 0')
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -449,6 +309,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def amp_settings(args, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype (None: float32): --amp on CUDA by default, on request elsewhere (CPU autocast runs
+    bfloat16 and float16; float16 trains with the loss scaler)."""
+    enabled = args.amp if args.amp is not None else device.type == 'cuda'
+    return AMP_DTYPES[args.amp_dtype] if enabled else None
+
+
+def log_tensorboard(writer, stats: Dict[str, float], epoch: int) -> None:
+    """The epoch's scalars under train/ and test/ (`--log-tensorboard`), flushed so a watcher sees them now."""
+    for name, value in stats.items():
+        if name != 'epoch' and isinstance(value, (int, float)):
+            writer.add_scalar(name.replace('_', '/', 1), value, epoch)
+    writer.flush()
+
+
 def main(args) -> None:
     resolve_data_args(args)
     validate_args(args)
@@ -456,14 +331,14 @@ def main(args) -> None:
     utils.logger.info(str(args))
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
-    amp_dtype = AMP_DTYPES[args.amp_dtype] if device.type == 'cuda' else None
+    amp_dtype = amp_settings(args, device)
     random_seed(args.seed, utils.get_rank())
     evaluating = args.eval or args.throughput
     output_dir = Path(args.output_dir) if args.output_dir else None
     if output_dir is not None and not evaluating and utils.is_main_process():
         # one run per folder, checked writable before anything is computed (stale temporaries go here too)
         utils.lock_output_dir(output_dir)
-    resume = resolve_resume(args, output_dir)
+    resume = resolve_resume(args, output_dir, training=not evaluating)
     if args.eval and not resume:
         raise utils.UserInputError('--eval needs the checkpoint to evaluate: pass --resume CHECKPOINT (or an '
                                    '--output_dir holding checkpoint.pth)')
@@ -471,16 +346,16 @@ def main(args) -> None:
     build = build_shard_split if args.dataset == 'wds' else build_dataset
     dataset_val, num_classes = build(is_train=False, args=args)
     dataset_train = None
-    if not (args.eval or args.throughput):
+    if not evaluating:
         dataset_train, train_classes = build(is_train=True, args=args)
         if dataset_train.classes != dataset_val.classes:
             only_train = sorted(set(dataset_train.classes) - set(dataset_val.classes))[:5]
             only_val = sorted(set(dataset_val.classes) - set(dataset_train.classes))[:5]
             raise utils.UserInputError(f'train/ and val/ class folders differ (only in train: {only_train}; '
-                             f'only in val: {only_val}); both need the same classes.')
+                                       f'only in val: {only_val}); both need the same classes.')
         if len(dataset_train) < args.batch_size * utils.get_world_size():
-            raise utils.UserInputError(f'the training set has {len(dataset_train)} images, fewer than one global batch '
-                             f'({args.batch_size} x {utils.get_world_size()}); lower --batch-size.')
+            raise utils.UserInputError(f'the training set has {len(dataset_train)} images, fewer than one global '
+                                       f'batch ({args.batch_size} x {utils.get_world_size()}); lower --batch-size.')
         sampler_train, loader_train = build_train_loader(args, dataset_train)
     # DeiT evaluates with 1.5x the training batch; throughput is measured at --batch-size itself
     loader_val = build_val_loader(args, dataset_val, args.batch_size if args.throughput else int(1.5 * args.batch_size))
@@ -523,7 +398,7 @@ def main(args) -> None:
         layer_decay=args.layer_decay,
         **({'eps': args.opt_eps} if args.opt_eps is not None else {}),
         **({'betas': tuple(args.opt_betas)} if args.opt_betas else {}))
-    loss_scaler = NativeScaler() if amp_dtype == torch.float16 else None
+    loss_scaler = NativeScaler(device=device.type) if amp_dtype == torch.float16 else None
     lr_scheduler, _ = create_scheduler_v2(
         optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
         cooldown_epochs=args.cooldown_epochs, patience_epochs=args.patience_epochs, decay_rate=args.decay_rate,
@@ -536,28 +411,16 @@ def main(args) -> None:
     else:
         criterion = torch.nn.CrossEntropyLoss()
 
-    max_accuracy = 0.0
-    start_step, epoch_meters = 0, None
+    run = TrainingRun(args, output_dir, model_without_ddp, optimizer, lr_scheduler, model_ema, loss_scaler,
+                      flag_names={action.dest: action.option_strings[0] for action in get_args_parser()._actions
+                                  if action.option_strings})
     if resume:
         checkpoint = utils.load_checkpoint_file(resume)
-        resuming = not evaluating and all(k in checkpoint for k in ('optimizer', 'lr_scheduler', 'epoch'))
-        changes = resume_changes(args, checkpoint, resume, checkpoint['epoch'] + 1) if resuming else set()
-        # evaluation follows the checkpoint policy (EMA when present, unless --no-use-ema); resuming training
-        # restores the raw weights here and the EMA weights into the EMA
-        chosen = utils.load_model_weights(model_without_ddp, checkpoint, resume,
-                                          use_ema=args.use_ema if evaluating else False)
-        utils.logger.info(f'Loaded the {chosen!r} weights of {resume}')
-        if resuming:
-            if model_ema is not None and checkpoint.get('model_ema') is None:
-                utils.logger.warning(f'{resume} has no EMA weights: the EMA starts from its model weights')
-                model_ema.set(model_without_ddp)
-            args.start_epoch, max_accuracy = restore_training_state(
-                checkpoint, resume, optimizer, lr_scheduler, model_ema, loss_scaler,
-                keep_optimizer_state=not changes & set(OPTIMIZER_TYPE_FLAGS),
-                keep_schedule=not changes & set(SCHEDULE_FLAGS))
-            start_step, epoch_meters = mid_epoch_position(checkpoint, args, resume)
-            utils.logger.info(f'Resuming training at epoch {args.start_epoch}'
-                              + (f', step {start_step}' if start_step else ''))
+        if not evaluating and all(k in checkpoint for k in ('optimizer', 'lr_scheduler', 'epoch')):
+            run.resume(checkpoint, resume)  # the raw weights into the model, the EMA weights into the EMA
+        else:  # the checkpoint policy: EMA weights when present, unless --no-use-ema
+            chosen = utils.load_model_weights(model_without_ddp, checkpoint, resume, use_ema=args.use_ema)
+            utils.logger.info(f'Loaded the {chosen!r} weights of {resume}')
 
     if args.throughput:
         throughput(loader_val, model_without_ddp, device, amp_dtype, args.throughput_warmup, args.throughput_iters)
@@ -569,91 +432,45 @@ def main(args) -> None:
         return
 
     if output_dir is not None and utils.is_main_process():
-        utils.truncate_log(output_dir, args.start_epoch)
-    def training_checkpoint(last_finished_epoch: int, mid_epoch: Optional[dict] = None) -> Optional[dict]:
-        """The checkpoint dict on rank 0 (None elsewhere), with every rank's RNG states (and, mid-epoch, every
-        rank's meters): a collective, called by every rank at the same point."""
-        rng_states = gather_from_ranks(utils.capture_rng_state())
-        if mid_epoch is not None:
-            mid_epoch = dict(mid_epoch, meters=gather_from_ranks(mid_epoch['meters']))
-        if output_dir is None or not utils.is_main_process():
-            return None
-        return {
-            'model': model_without_ddp.state_dict(),
-            'optimizer': optimizer.state_dict(),
-            'lr_scheduler': lr_scheduler.state_dict(),
-            'epoch': last_finished_epoch,
-            'model_ema': get_state_dict(model_ema) if model_ema is not None else None,
-            'scaler': loss_scaler.state_dict() if loss_scaler is not None else None,
-            'max_accuracy': max_accuracy,
-            'rng': rng_states,
-            'mid_epoch': mid_epoch,
-            'args': vars(args),
-        }
-
-    def save_mid_epoch(epoch: int, steps_done: int, meters: dict) -> None:
-        """checkpoint.pth after `steps_done` optimizer steps of `epoch` (the ranks wait for the write)."""
-        checkpoint = training_checkpoint(epoch - 1, dict(
-            epoch=epoch, step=steps_done, meters=meters, world_size=utils.get_world_size(),
-            batch_size=args.batch_size, grad_accum_steps=args.grad_accum_steps, num_workers=args.num_workers))
-        if checkpoint is not None:
-            utils.atomic_save(checkpoint, output_dir / 'checkpoint.pth')
-            utils.logger.info(f'saved {output_dir / "checkpoint.pth"} at epoch {epoch}, step {steps_done}')
-        if args.distributed:
-            dist.barrier()
-
-    def stop_after_save(where: str) -> None:
-        """Once checkpoint.pth holds the position: requeue the Slurm job (--requeue, rank 0), then every rank
-        stops (exit status EXIT_STOPPED)."""
-        if output_dir is None:
-            utils.logger.warning('stopping on a signal without --output_dir: nothing was saved')
-        if args.requeue and utils.is_main_process():
-            requeue_slurm_job()
-        if args.distributed:
-            dist.barrier()  # no rank exits (which makes srun --kill-on-bad-exit end the others) before the requeue
-        raise TrainingStopped(f'stopped by signal {stop.signal or "(on another rank)"} {where}; rerun the same '
-                              f'command to resume from {output_dir / "checkpoint.pth" if output_dir else "nothing"}')
-
+        utils.truncate_log(output_dir, run.start_epoch)
+    writer = None
+    if args.log_tensorboard and output_dir is not None and utils.is_main_process():
+        writer = tensorboard_writer(output_dir)
+    train_step = TrainStep(criterion, optimizer, device, args.grad_accum_steps, loss_scaler, amp_dtype,
+                           args.clip_grad or None, model_ema, mixup_fn, args.channels_last, ddp_model)
     utils.logger.info(f'Start training for {args.epochs} epochs')
     start_time = time.time()
-    stop = StopRequest()
-    try:
-        for epoch in range(args.start_epoch, args.epochs):
-            first_step = start_step if epoch == args.start_epoch else 0
-            sampler_train.set_epoch(epoch, start=first_step * args.grad_accum_steps * args.batch_size)
+    with run:
+        for epoch in range(run.start_epoch, args.epochs):
+            first_step, meters = run.begin_epoch(epoch, sampler_train)
             train_stats, stopped = train_one_epoch(
-                model, criterion, loader_train, optimizer, device, epoch, loss_scaler, amp_dtype,
-                args.clip_grad or None, model_ema, mixup_fn, accum_steps=args.grad_accum_steps,
-                start_step=first_step, meters=epoch_meters if first_step else None,
-                channels_last=args.channels_last, stop=stop, checkpoint_interval=args.checkpoint_interval,
-                save=functools.partial(save_mid_epoch, epoch) if output_dir is not None else None,
-                ddp_model=ddp_model)
+                model, train_step, loader_train, epoch, run, start_step=first_step, meters=meters,
+                checkpoint_interval=args.checkpoint_interval)
             if stopped:
-                stop_after_save(f'in epoch {epoch}')
-            lr_scheduler.step(epoch + 1)
+                run.stop(f'in epoch {epoch}')
             test_stats = evaluate(loader_val, model, device, amp_dtype, args.channels_last)
             utils.logger.info(f'Accuracy of the network on the {len(dataset_val)} test images: '
                               f'{test_stats["acc1"]:.1f}%')
-            is_best = test_stats['acc1'] > max_accuracy
-            max_accuracy = max(max_accuracy, test_stats['acc1'])
-            utils.logger.info(f'Max accuracy: {max_accuracy:.2f}%')
+            stats = {**{f'train_{k}': v for k, v in train_stats.items()},
+                     **{f'test_{k}': v for k, v in test_stats.items()}}
+            accuracy = test_stats['acc1']
+            if model_ema is not None:  # rank by the weights --eval loads: the EMA's (timm ranks by it too)
+                ema_stats = evaluate(loader_val, model_ema.module, device, amp_dtype, args.channels_last)
+                utils.logger.info(f'Accuracy of the EMA weights: {ema_stats["acc1"]:.1f}%')
+                stats.update({f'test_ema_{k}': v for k, v in ema_stats.items()})
+                accuracy = ema_stats['acc1']
+            lr_scheduler.step(epoch + 1, accuracy)  # the metric: for --sched plateau
+            run.save_epoch(epoch, {**stats, 'epoch': epoch, 'n_parameters': n_parameters}, accuracy)
+            utils.logger.info(f'Max accuracy{" (EMA weights)" if model_ema is not None else ""}: '
+                              f'{run.max_accuracy:.2f}%')
             if dataset_train.num_skipped:
                 utils.logger.info(f'skipped {dataset_train.num_skipped} unreadable training images so far')
-
-            # Every rank's RNG state goes into the checkpoint, so a resumed run continues each stream exactly.
-            checkpoint = training_checkpoint(epoch)
-            if checkpoint is not None:
-                utils.append_log(output_dir, {**{f'train_{k}': v for k, v in train_stats.items()},
-                                              **{f'test_{k}': v for k, v in test_stats.items()},
-                                              'epoch': epoch, 'n_parameters': n_parameters})
-                # best first: a kill between the two writes re-runs this epoch, which rewrites the same best
-                if is_best:
-                    utils.atomic_save(checkpoint, output_dir / 'checkpoint_best.pth')
-                utils.atomic_save(checkpoint, output_dir / 'checkpoint.pth')
-            if epoch + 1 < args.epochs and stop.agreed():
-                stop_after_save(f'after epoch {epoch}')
-    finally:
-        stop.close()
+            if writer is not None:
+                log_tensorboard(writer, stats, epoch)
+            if epoch + 1 < args.epochs and run.stop_agreed_now():
+                run.stop(f'after epoch {epoch}')
+    if writer is not None:
+        writer.close()
 
     total_time = datetime.timedelta(seconds=int(time.time() - start_time))
     utils.logger.info(f'Training time {total_time}')

@@ -137,11 +137,14 @@ class ShardBatches(IterableDataset):
                 f'--samples-per-shard) or lower --num_workers')
         self.batches_per_epoch = len(split) // world_size // batch_size
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        if start % self.batch_size:
-            raise ValueError(f'a resumed shard epoch starts at a whole batch, not sample {start}')
+    repeats = 1  # shard epochs repeat no image
+
+    def set_epoch(self, epoch: int, start: int = 0, repeats: Optional[int] = None) -> None:
+        """Epoch `epoch` from its sample `start` (counted over all ranks, a whole number of global batches)."""
+        if start % (self.batch_size * self.world_size):
+            raise ValueError(f'a resumed shard epoch starts at a whole global batch, not sample {start}')
         self.epoch = epoch
-        self.start_batch = start // self.batch_size
+        self.start_batch = min(start // (self.batch_size * self.world_size), self.batches_per_epoch)
 
     def _rank_shards(self) -> List[Tuple[Path, int]]:
         shards = list(zip(self.split.shards, self.split.shard_lengths))

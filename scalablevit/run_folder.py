@@ -6,6 +6,11 @@ kernel releases the lock when the process ends, however it ends (kill -9 include
 a restart. A second run on the folder stops at once with an error naming the process that holds it. Only the
 lock holder removes the temporary files that a killed run's checkpoint writes left behind, and it first checks
 that it can write in the folder, so a read-only folder fails before the first training step, not after it.
+
+The lock is only as good as the filesystem's flock: on Lustre it needs the `flock` mount option (`localflock`
+locks within one node only; `noflock` refuses locks, and the run stops saying so); NFS with `local_lock=flock`
+and BeeGFS without `tuneUseGlobalFileLocks` lock within a node. Two runs on different nodes that share such a
+folder are not stopped: give every run its own folder.
 """
 import errno
 import fcntl
@@ -76,6 +81,11 @@ def lock_run_folder(folder: Union[str, Path], files_to_append: Iterable[str] = (
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         os.close(fd)
+        if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL):
+            raise RunFolderError(
+                f'the filesystem of {folder} does not support file locks ({e.strerror}), which keep two runs out '
+                f'of one folder: use a folder on a filesystem with flock (Lustre: mount with -o flock; NFS: '
+                f'local_lock=none or flock), e.g. node-local scratch') from None
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise
         raise RunFolderError(

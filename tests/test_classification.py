@@ -268,7 +268,7 @@ def test_non_finite_loss_exit_code(data, trained, tmp_path):
     ('empty_class', 'class folders without images'),
     ('class_mismatch', 'train/ and val/ class folders differ'),
     ('unknown_model', 'unknown --model no_such_model'),
-    ('odd_batch', 'must be even for batch-mode mixup/cutmix'),
+    ('odd_batch', 'must be even for mixup/cutmix'),
 ])
 def test_bad_input_is_reported_clearly(data, tmp_path, problem, message):
     root = tmp_path / 'bad'

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from helpers import ROOT, free_port
+from scalablevit.preemption import StopRequest
 
 CLASSIFICATION = ROOT / 'classification'
 sys.path.insert(0, str(CLASSIFICATION))
@@ -161,18 +162,28 @@ def test_non_finite_loss_never_reaches_a_checkpoint(data, tmp_path, monkeypatch)
         assert all(torch.isfinite(v).all() for v in checkpoint[part].values() if v.is_floating_point())
 
 
-def test_mid_epoch_checkpoint_needs_the_same_layout(data, tmp_path, monkeypatch):
-    """A mid-epoch position means the same samples only for the same processes, batch and accumulation: refused
-    even where the other flags may be overridden (--override-resume)."""
-    monkeypatch.setattr(cls_main.StopRequest, 'agreed', lambda self: True)  # as if signalled at once
-    with pytest.raises(cls_main.TrainingStopped, match='in epoch 0'):
-        train_in_process([*TRAINING, '--data-path', str(data), '--output_dir', str(tmp_path), '--epochs', '1',
-                          '--num_workers', '0'])
-    assert torch.load(tmp_path / 'checkpoint.pth', weights_only=True)['mid_epoch']['step'] == 1
-    monkeypatch.undo()
-    with pytest.raises(cls_utils.UserInputError, match='--batch-size and --grad-accum-steps'):
-        train_in_process([*TRAINING, '--data-path', str(data), '--output_dir', str(tmp_path), '--epochs', '1',
-                          '--num_workers', '0', '--grad-accum-steps', '2', '--override-resume'])
+def test_mid_epoch_checkpoint_resumes_on_another_layout(data, tmp_path, monkeypatch, capsys):
+    """A position inside an epoch counts the epoch's samples: a run stopped after one step of 8 images resumes
+    with 4 images x 2 accumulation steps (the same global batch: no --override-resume) and trains the other 248
+    samples of the 256-image epoch, each once."""
+    import sampler
+    trained = []
+    load = sampler.SeededSamples.__getitem__
+    monkeypatch.setattr(sampler.SeededSamples, '__getitem__',
+                        lambda self, item: trained.append(item) or load(self, item))
+    common = [*TRAINING, '--data-path', str(data), '--output_dir', str(tmp_path), '--epochs', '1',
+              '--num_workers', '0']
+    with monkeypatch.context() as signalled:
+        signalled.setattr(StopRequest, 'agreed', lambda self: True)  # as if signalled at once
+        with pytest.raises(cls_main.TrainingStopped, match='in epoch 0'):
+            train_in_process(common)
+    assert torch.load(tmp_path / 'checkpoint.pth', weights_only=True)['mid_epoch']['samples'] == 8
+    assert len(trained) == 8
+    train_in_process([*common, '--batch-size', '4', '--grad-accum-steps', '2'])
+    assert 'trains the samples after the epoch\'s first 8, each once' in capsys.readouterr().err
+    positions = [seed for _, seed in trained]
+    assert len(trained) == 256 and len(set(positions)) == 256  # every position of the epoch once
+    assert sorted(index for index, _ in trained) == list(range(256))  # one process: each image once
 
 
 def test_requeue_after_the_stop_is_saved(data, tmp_path, monkeypatch):
@@ -184,7 +195,7 @@ def test_requeue_after_the_stop_is_saved(data, tmp_path, monkeypatch):
     fake.chmod(0o755)
     monkeypatch.setenv('PATH', f'{fake.parent}{os.pathsep}{os.environ["PATH"]}')
     monkeypatch.setenv('SLURM_JOB_ID', '4242')
-    monkeypatch.setattr(cls_main.StopRequest, 'agreed', lambda self: True)
+    monkeypatch.setattr(StopRequest, 'agreed', lambda self: True)
     with pytest.raises(cls_main.TrainingStopped):
         train_in_process([*TRAINING, '--data-path', str(data), '--output_dir', str(tmp_path / 'out'), '--epochs',
                           '1', '--num_workers', '0', '--requeue'])

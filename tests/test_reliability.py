@@ -311,7 +311,7 @@ def test_resume_with_more_epochs_on_request(data, trained, tmp_path, capsys):
 @pytest.mark.parametrize('flags, listed', [
     (['--opt', 'sgd'], "--opt: 'sgd' (checkpoint: 'adamw')"),
     (['--epochs', '5'], '--epochs: 5 (checkpoint: 2)'),
-    (['--batch-size', '4'], '--batch-size: 4 (checkpoint: 8)'),
+    (['--batch-size', '4'], 'global batch size (--batch-size x processes x --grad-accum-steps): 4 (checkpoint: 8)'),
     (['--model-kwargs', 'mlp_ratio=2.0'], "--model-kwargs: {'mlp_ratio': 2.0} (checkpoint: {})"),
 ])
 def test_resume_refuses_changes_that_cannot_apply_mid_run(data, trained, tmp_path, flags, listed):

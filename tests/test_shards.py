@@ -78,7 +78,7 @@ def test_training_epoch_replays_from_any_batch(shards):
     batches.set_epoch(2)
     full = read_all(batches, 2)
     assert len(full) == len(batches) == 12
-    batches.set_epoch(2, start=5 * 4)
+    batches.set_epoch(2, start=5 * 4 * 2)  # 5 global batches of 4 x 2 ranks
     tail = read_all(batches, 2)
     assert len(tail) == 7
     for (images, labels), (expected_images, expected_labels) in zip(tail, full[5:]):

@@ -68,27 +68,40 @@ def test_accumulation_under_ddp_matches_the_large_batch(data, tmp_path):
         torch.testing.assert_close(accumulated['model'][key], value, rtol=1e-4, atol=2e-6, msg=key)
 
 
-def test_no_sync_on_all_but_the_last_micro_batch():
-    """With K micro-batches per step the DDP wrapper's `no_sync` covers the first K - 1 backward passes of every
-    step (the epoch's last step takes what is left: here 7 micro-batches = steps of 3, 3 and 1)."""
-    import contextlib
+def _count_all_reduces(rank: int, world_size: int, port: int, counts) -> None:
+    """One rank of test_accumulation_all_reduces_once_per_optimizer_step: a real DDP model on gloo whose comm
+    hook counts the gradient all-reduces of 3 optimizer steps over 7 micro-batches (steps of 3, 3 and 1)."""
+    import torch.distributed as dist
 
     import engine
-    entered = []
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+    calls = []
 
-    class CountingDDP:
-        @contextlib.contextmanager
-        def no_sync(self):
-            entered.append(1)
-            yield
+    def counting_hook(state, bucket):
+        calls.append(1)
+        return dist.algorithms.ddp_comm_hooks.default_hooks.allreduce_hook(state, bucket)
 
-    model = torch.nn.Linear(4, 2)
+    model.register_comm_hook(dist.group.WORLD, counting_hook)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in range(7)]
-    stats, stopped = engine.train_one_epoch(model, torch.nn.CrossEntropyLoss(), loader, optimizer,
-                                            torch.device('cpu'), 0, None, None, accum_steps=3,
-                                            ddp_model=CountingDDP())
-    assert len(entered) == 2 + 2 + 0 and not stopped and stats['loss'] > 0
+    step = engine.TrainStep(torch.nn.CrossEntropyLoss(), optimizer, torch.device('cpu'), accum_steps=3,
+                            ddp_model=model)
+    stats, stopped = engine.train_one_epoch(model, step, loader, 0)
+    counts[rank] = (len(calls), stopped, stats['loss'])
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_accumulation_all_reduces_once_per_optimizer_step():
+    """DDP all-reduces the gradients once per optimizer step, not per micro-batch: the forward of every
+    micro-batch but a step's last runs under `no_sync` too (DDP prepares the reduction in the forward)."""
+    import torch.multiprocessing as mp
+    counts = mp.Manager().dict()
+    mp.spawn(_count_all_reduces, args=(2, free_port(), counts), nprocs=2)
+    assert [counts[rank][0] for rank in range(2)] == [3, 3]
+    assert not counts[0][1] and counts[0][2] > 0
 
 
 def test_mixup_draws_once_per_optimizer_step():
@@ -126,9 +139,9 @@ def test_finetune_to_other_classes_and_size(pretrained, tmp_path, monkeypatch, c
     five = make_dataset(tmp_path / 'five', num_classes=5, train_per_class=4, val_per_class=2, size=96)
     captured = {}
 
-    def capture(model, criterion, loader, optimizer, *args, **kwargs):
+    def capture(model, train_step, *args, **kwargs):
         captured['state'] = {k: v.clone() for k, v in model.state_dict().items()}
-        captured['lr_scales'] = sorted({group.get('lr_scale', 1.0) for group in optimizer.param_groups})
+        captured['lr_scales'] = sorted({group.get('lr_scale', 1.0) for group in train_step.optimizer.param_groups})
         raise Captured
 
     monkeypatch.setattr(cls_main, 'train_one_epoch', capture)
