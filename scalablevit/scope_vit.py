@@ -446,6 +446,36 @@ class ScopeViT(nn.Module):
         self._init_weights(self.head)
         self.head.train(self.training)
 
+    def _forward_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Stage i: patch embedding, dropout, blocks, stage BatchNorm. Spelled out over the four named slots
+        (TorchScript can neither look modules up by name nor call modules held in a tuple); absent stages are
+        identities."""
+        if i == 0:
+            return self.norm1(self.blocks1(self.pos_drop(self.patch_embed1(x))))
+        if i == 1:
+            return self.norm2(self.blocks2(self.pos_drop(self.patch_embed2(x))))
+        if i == 2:
+            return self.norm3(self.blocks3(self.pos_drop(self.patch_embed3(x))))
+        return self.norm4(self.blocks4(self.pos_drop(self.patch_embed4(x))))
+
+    def _forward_stages(
+            self,
+            x: torch.Tensor,
+            take_indices: List[int],
+            last_index: int,
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Run stages 0..last_index; collect the (already normed) NCHW maps of `take_indices`.
+
+        Returns the map (B, C, H, W) of stage `last_index`.
+        """
+        x = check_input_size(x, self.min_input_size, 'ScopeViT', 'one token at stride 32')
+        intermediates: List[torch.Tensor] = []
+        for i in range(last_index + 1):
+            x = self._forward_stage(i, x)
+            if i in take_indices:
+                intermediates.append(x)
+        return x, intermediates
+
     def forward_intermediates(
             self,
             x: torch.Tensor,
@@ -469,13 +499,9 @@ class ScopeViT(nn.Module):
         assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be NCHW or NHWC.'
         take_indices, max_index = feature_take_indices(self.num_stages, indices)
         last_index = max_index if stop_early else self.num_stages - 1
-        x = check_input_size(x, self.min_input_size, 'ScopeViT', 'one token at stride 32')
-        intermediates = []
-        for i in range(last_index + 1):
-            embed, blocks, stage_norm = self._stage(i)
-            x = stage_norm(blocks(self.pos_drop(embed(x))))
-            if i in take_indices:
-                intermediates.append(x if output_fmt == 'NCHW' else x.permute(0, 2, 3, 1))
+        x, intermediates = self._forward_stages(x, take_indices, last_index)
+        if output_fmt == 'NHWC':
+            intermediates = [feat.permute(0, 2, 3, 1) for feat in intermediates]
         if intermediates_only:
             return intermediates
         return x, intermediates
@@ -500,16 +526,7 @@ class ScopeViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The normed last-stage map (B, C, H/32, W/32)."""
-        x = check_input_size(x, self.min_input_size, 'ScopeViT', 'one token at stride 32')
-        # unrolled over the four named slots (TorchScript cannot look attributes up by name); absent stages
-        # are identities
-        x = self.norm1(self.blocks1(self.pos_drop(self.patch_embed1(x))))
-        if self.num_stages > 1:
-            x = self.norm2(self.blocks2(self.pos_drop(self.patch_embed2(x))))
-        if self.num_stages > 2:
-            x = self.norm3(self.blocks3(self.pos_drop(self.patch_embed3(x))))
-        if self.num_stages > 3:
-            x = self.norm4(self.blocks4(self.pos_drop(self.patch_embed4(x))))
+        x, _ = self._forward_stages(x, [], self.num_stages - 1)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -263,6 +263,35 @@ class SwinTransformerVSA(nn.Module):
         self._init_weights(self.head)
         self.head.train(self.training)
 
+    def _forward_stages(
+            self,
+            x: torch.Tensor,
+            take_indices: List[int],
+            last_index: int,
+            norm: bool,
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Run stages 0..last_index; collect NCHW maps of `take_indices` before patch merging (the final one
+        normed if `norm`).
+
+        Returns the normed last-stage map (B, H, W, C), or the merged map after stage `last_index` if earlier.
+        """
+        final_stage = len(self.layers) - 1
+        x = self.pos_drop(self.patch_embed(x))
+        intermediates: List[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            if i <= last_index:  # TorchScript unrolls this loop: no `break`
+                x = layer.forward_blocks(x)
+                if i == final_stage:
+                    x_normed = self.norm(x)
+                    if i in take_indices:
+                        intermediates.append((x_normed if norm else x).permute(0, 3, 1, 2))
+                    x = x_normed
+                else:
+                    if i in take_indices:
+                        intermediates.append(x.permute(0, 3, 1, 2))
+                    x = layer.downsample(x)
+        return x, intermediates
+
     def forward_intermediates(
             self,
             x: torch.Tensor,
@@ -285,19 +314,9 @@ class SwinTransformerVSA(nn.Module):
         assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be NCHW or NHWC.'
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         last_index = max_index if stop_early else len(self.layers) - 1
-        final_stage = len(self.layers) - 1
-        x = self.pos_drop(self.patch_embed(x))
-        intermediates: List[torch.Tensor] = []
-        for i, layer in enumerate(self.layers):
-            if i <= last_index:  # TorchScript unrolls this loop: no `break`
-                x = layer.forward_blocks(x)
-                if i in take_indices:
-                    feat = self.norm(x) if norm and i == final_stage else x
-                    intermediates.append(feat.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else feat)
-                if i == final_stage:
-                    x = self.norm(x)
-                else:
-                    x = layer.downsample(x)
+        x, intermediates = self._forward_stages(x, take_indices, last_index, norm)
+        if output_fmt == 'NHWC':
+            intermediates = [feat.permute(0, 2, 3, 1) for feat in intermediates]
         if intermediates_only:
             return intermediates
         return x, intermediates
@@ -323,10 +342,8 @@ class SwinTransformerVSA(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normed last-stage map (B, H/32, W/32, C)."""
-        x = self.pos_drop(self.patch_embed(x))
-        for layer in self.layers:
-            x = layer(x)
-        return self.norm(x)
+        x, _ = self._forward_stages(x, [], len(self.layers) - 1, False)
+        return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == 'avg':

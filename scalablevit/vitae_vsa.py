@@ -519,6 +519,26 @@ class ViTAEv2VSA(nn.Module):
         self._init_weights(self.head)
         self.head.train(self.training)
 
+    def _forward_stages(
+            self,
+            x: torch.Tensor,
+            take_indices: List[int],
+            last_index: int,
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Run stages 0..last_index; collect NCHW maps of `take_indices` (no final norm: the model has none).
+
+        Returns the map (B, H, W, C) of stage `last_index`.
+        """
+        x = check_input_size(x, self.min_input_size, 'ViTAEv2VSA', 'one token at stride 32')
+        intermediates: List[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            if i <= last_index:  # TorchScript unrolls this loop: no `break`
+                # a stage takes NCHW and gives NHWC
+                x = layer(x if i == 0 else x.permute(0, 3, 1, 2))
+                if i in take_indices:
+                    intermediates.append(x.permute(0, 3, 1, 2))
+        return x, intermediates
+
     def forward_intermediates(
             self,
             x: torch.Tensor,
@@ -542,13 +562,9 @@ class ViTAEv2VSA(nn.Module):
         assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be NCHW or NHWC.'
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         last_index = max_index if stop_early else len(self.layers) - 1
-        x = check_input_size(x, self.min_input_size, 'ViTAEv2VSA', 'one token at stride 32')
-        intermediates: List[torch.Tensor] = []
-        for i, layer in enumerate(self.layers):
-            if i <= last_index:  # TorchScript unrolls this loop: no `break`
-                x = layer(x if i == 0 else x.permute(0, 3, 1, 2))
-                if i in take_indices:
-                    intermediates.append(x.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else x)
+        x, intermediates = self._forward_stages(x, take_indices, last_index)
+        if output_fmt == 'NHWC':
+            intermediates = [feat.permute(0, 2, 3, 1) for feat in intermediates]
         if intermediates_only:
             return intermediates
         return x, intermediates
@@ -571,9 +587,7 @@ class ViTAEv2VSA(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last-stage map (B, H/32, W/32, C)."""
-        x = check_input_size(x, self.min_input_size, 'ViTAEv2VSA', 'one token at stride 32')
-        for i, layer in enumerate(self.layers):
-            x = layer(x if i == 0 else x.permute(0, 3, 1, 2))
+        x, _ = self._forward_stages(x, [], len(self.layers) - 1)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
