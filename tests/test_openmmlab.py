@@ -16,7 +16,7 @@ from mmengine.logging import HistoryBuffer  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 import scalablevit.openmmlab  # noqa: E402,F401  (registers the backbone)
-from scalablevit.openmmlab import ScalableViTBackbone, ScopeViTBackbone  # noqa: E402
+from scalablevit.openmmlab import ScalableViTBackbone, ScopeViTBackbone, use_checkpoint_policy  # noqa: E402
 
 from helpers import ROOT, TINY_MODEL, free_port, run_command  # noqa: E402
 
@@ -126,6 +126,26 @@ def test_backbone_outputs_and_options():
 
     with pytest.raises(ValueError, match="arch must be one of"):
         ScalableViTBackbone(arch='tiny')
+
+
+def test_every_package_backbone_is_named_in_backbone_py():
+    """Where a config's reader looks for `type='...Backbone'`: each family of the package has its backbone as a
+    module attribute of backbone.py (the registered class), in its `__all__`, and in its docstring's table with
+    the model class and the `arch` variants, default first."""
+    from mmdet.registry import MODELS
+
+    from scalablevit import FAMILIES
+    from scalablevit.openmmlab import backbone as module
+    package_families = [f for f in FAMILIES if f.model_cls.__module__.startswith('scalablevit.')]
+    assert len(package_families) >= 4
+    for family in package_families:
+        name = family.backbone_name
+        assert getattr(module, name, None) is module.BACKBONES[name] is MODELS.get(name), name
+        assert name in module.__all__
+        rows = [line.split(maxsplit=2) for line in module.__doc__.splitlines() if line.split()[:1] == [name]]
+        variants = [family.default_arch] + [v for v in family.arch_settings if v != family.default_arch]
+        assert rows == [[name, f'{family.model_cls.__module__}.{family.model_cls.__name__}',
+                         ', '.join(map(repr, variants))]], name
 
 
 def classifier_checkpoint(path: Path, **extra) -> dict:
@@ -238,14 +258,15 @@ def test_mmengine_checkpoints_load_with_weights_only(tmp_path):
     for value in (1.0, 2.0, 4.0):
         buffer.update(value)
     path = tmp_path / 'iter_1.pth'
-    torch.save({'message_hub': {'log_scalars': {'train/loss': buffer}}, 'meta': {'seed': 0}}, path)
-    loaded = torch.load(path)['message_hub']['log_scalars']['train/loss']
-    assert isinstance(loaded, HistoryBuffer) and loaded.mean() == pytest.approx(7 / 3)
-    assert loaded.current() == 4.0
+    with use_checkpoint_policy():
+        torch.save({'message_hub': {'log_scalars': {'train/loss': buffer}}, 'meta': {'seed': 0}}, path)
+        loaded = torch.load(path)['message_hub']['log_scalars']['train/loss']
+        assert isinstance(loaded, HistoryBuffer) and loaded.mean() == pytest.approx(7 / 3)
+        assert loaded.current() == 4.0
 
-    torch.save({'payload': os.getcwd}, path)
-    with pytest.raises(Exception, match='weights_only'):
-        torch.load(path)
+        torch.save({'payload': os.getcwd}, path)
+        with pytest.raises(Exception, match='weights_only'):
+            torch.load(path)
 
 
 # --- 2-process DDP through the users' launch scripts ---------------------------------------------------------

@@ -1,12 +1,20 @@
 """The models of this package as MMDetection / MMSegmentation backbones: one generic mixin, and one backbone class
-per registered model family (`scalablevit.FAMILIES`), built from the family contract:
+per registered model family (`scalablevit.FAMILIES`), built from the family contract by `backbone_class`:
 
     class ScalableViTBackbone(DenseBackboneMixin, ScalableViT)   # family.backbone_name, family.model_cls
         arch_settings = family.arch_settings; default_arch = family.default_arch; norm_eps = family.norm_eps
         checkpoint_filter = family.checkpoint_filter
 
-A family registered later (`scalablevit.register_family`) gets its backbone registered then. The model class
-needs the timm API the mixin relies on: `feature_info`, `forward_intermediates`, `prune_intermediate_layers`,
+The registered names (`type=` in a config), their model classes and `arch` variants (the default first):
+
+    ScalableViTBackbone   scalablevit.scalable_vit.ScalableViT      'small', 'base', 'large', 'test'
+    SwinVSABackbone       scalablevit.swin_vsa.SwinTransformerVSA   'tiny', 'small', 'test'
+    ViTAEv2VSABackbone    scalablevit.vitae_vsa.ViTAEv2VSA          's', '48m', 'test'
+    ScopeViTBackbone      scalablevit.scope_vit.ScopeViT            'tiny', 'xtiny', 'small', 'test'
+
+Each is a module attribute, assigned at the end of this file. A family registered later
+(`scalablevit.register_family`) gets its backbone made and registered then, and listed in `BACKBONES`. The model
+class needs the timm API the mixin relies on: `feature_info`, `forward_intermediates`, `prune_intermediate_layers`,
 `set_grad_checkpointing` and a coarse `group_matcher` (stem, then one group per stage). Parameter names stay those
 of the classifier (`patch_embeds.*`, `stages.*`, ...), so ImageNet checkpoints load as they are; the mixin adds
 only `out_norms.*`.
@@ -21,7 +29,8 @@ from timm.models import group_parameters
 from ..checkpoint import load_state_dict
 from ..family import ModelFamily, on_family_registered
 
-__all__ = ['BACKBONES', 'DenseBackboneMixin', 'backbone_class', 'register_backbone']
+__all__ = ['BACKBONES', 'DenseBackboneMixin', 'ScalableViTBackbone', 'ScopeViTBackbone', 'SwinVSABackbone',
+           'ViTAEv2VSABackbone', 'backbone_class', 'register_backbone']
 
 
 class DenseBackboneMixin:
@@ -172,9 +181,14 @@ BACKBONES: Dict[str, Type[nn.Module]] = {}  # backbone name -> class, one per re
 
 
 def _register_family_backbone(family: ModelFamily) -> None:
-    cls = register_backbone(backbone_class(family))
-    BACKBONES[family.backbone_name] = cls
-    globals()[family.backbone_name] = cls  # importable by name: `from scalablevit.openmmlab import SwinVSABackbone`
+    BACKBONES[family.backbone_name] = register_backbone(backbone_class(family))
 
 
 on_family_registered(_register_family_backbone)
+
+# The backbones of the package's own families (registered when `scalablevit` was imported, so made just above),
+# by the names configs use; tests/test_openmmlab.py checks that every package family is listed here.
+ScalableViTBackbone = BACKBONES['ScalableViTBackbone']  # scalablevit.scalable_vit.FAMILY
+SwinVSABackbone = BACKBONES['SwinVSABackbone']  # scalablevit.swin_vsa.FAMILY
+ViTAEv2VSABackbone = BACKBONES['ViTAEv2VSABackbone']  # scalablevit.vitae_vsa.FAMILY
+ScopeViTBackbone = BACKBONES['ScopeViTBackbone']  # scalablevit.scope_vit.FAMILY
