@@ -209,16 +209,16 @@ def validate_annotation_files(cfg: Config, loaders: tuple = ('train', 'val', 'te
 
 
 def checkpoint_mismatch(model: torch.nn.Module, path: str) -> Optional[str]:
-    """The mismatch report (missing / unexpected keys, shape mismatches) of the checkpoint at `path` against
+    """The mismatch report (`scalablevit.checkpoint.StateDictMismatch`) of the checkpoint at `path` against
     `model` as mmengine would load it (weights under 'state_dict' or the whole dict, `module.` removed), or
     None when it fits exactly."""
     checkpoint = checkpoint_io.load_checkpoint_file(path)
     state_dict = checkpoint_io.strip_wrapper_prefixes(checkpoint.get('state_dict', checkpoint))
-    shape_errors, missing, unexpected = checkpoint_io.compare_state_dict(state_dict, unwrapped_model(model))
-    if not (shape_errors or missing or unexpected):
+    mismatch = checkpoint_io.StateDictMismatch.compare(state_dict, unwrapped_model(model))
+    if not mismatch:
         return None
     hint = ''
     if 'state_dict' not in checkpoint and any(k in checkpoint for k in checkpoint_io.RAW_KEYS + checkpoint_io.EMA_KEYS):
         hint = ('\n  (an ImageNet classification checkpoint: use it as the backbone\'s pretrained weights, '
                 'model.backbone.init_cfg.checkpoint, and train the detector or segmenter)')
-    return checkpoint_io.describe_mismatch(shape_errors, missing, unexpected) + hint
+    return str(mismatch) + hint
