@@ -476,8 +476,10 @@ def main(args) -> None:
     utils.logger.info(f'Training time {total_time}')
 
 
-if __name__ == '__main__':
-    arguments = parse_args()
+def cli(argv: Optional[List[str]] = None) -> int:
+    """The command: run `main`, turn the errors that say what to fix into one `error:` line and an exit status
+    (2: bad input, 3: NaN/inf, 75: stopped on a signal, saved; rerun to resume)."""
+    arguments = parse_args(argv)
     status = 0
     try:
         main(arguments)
@@ -492,4 +494,8 @@ if __name__ == '__main__':
         status = EXIT_STOPPED
     finally:
         close_process_group()  # after the except blocks, which free the traceback and the model in its frames
-    sys.exit(status)
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(cli())
