@@ -259,7 +259,7 @@ def test_publish_raw_weights_and_refusals(training_checkpoint, tmp_path, capsys)
     assert 'plain state dict without EMA weights' in capsys.readouterr().err
     assert publish(plain, '--hub-dir', tmp_path / 'hub') == 2
     assert 'pass --model NAME' in capsys.readouterr().err
-    assert publish(plain, '--hub-dir', tmp_path / 'hub', '--model', FAMILIES[1].test_model) == 2
+    assert publish(plain, tmp_path / 'x', '--hub-dir', tmp_path / 'hub', '--model', FAMILIES[1].test_model) == 2
     assert 'do not fit timm model' in capsys.readouterr().err
     (tmp_path / 'notes.txt').write_text('not a checkpoint')
     assert publish(tmp_path / 'notes.txt', tmp_path / 'y') == 2

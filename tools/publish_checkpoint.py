@@ -76,8 +76,6 @@ def recorded_model(checkpoint: Dict[str, Any], source: str) -> Optional[str]:
 def hub_model(weights: Dict[str, torch.Tensor], name: str, source: str) -> torch.nn.Module:
     """The timm model `name` with `weights` loaded strictly (the class count read from the classifier's weight,
     0 without one; buffers the weights lack keep the model's)."""
-    if not timm.is_model(name):
-        raise PublishError(f'--model {name!r} is not a timm model; name the architecture of {source}')
     classifier = get_pretrained_cfg_value(name, 'classifier') or 'head'
     head_weight = weights.get(f'{classifier}.weight')
     model = timm.create_model(name, num_classes=0 if head_weight is None else head_weight.shape[0])
@@ -102,11 +100,18 @@ def write_hub_folder(model: torch.nn.Module, folder: Path, overwrite: bool) -> L
         checkpoint_io.save_checkpoint(model.state_dict(), tmp / checkpoint_io.HUB_WEIGHT_FILES[0])
         if folder.exists():
             folder.rename(old)
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if old.exists():
+                old.rename(folder)
+            raise
     finally:
         for leftover in (tmp, old):
-            if leftover.exists():
+            if leftover.is_dir():
                 shutil.rmtree(leftover)
+            elif leftover.exists():
+                leftover.unlink()
     return [folder / checkpoint_io.HUB_CONFIG_FILE, folder / checkpoint_io.HUB_WEIGHT_FILES[0]]
 
 
@@ -116,6 +121,19 @@ def publish(source: str, out: Optional[str], formats: Sequence[str] = FORMATS, u
     """Write the published files of checkpoint `source` (see the module docstring); returns their paths."""
     checkpoint = checkpoint_io.load_checkpoint_file(source)
     weights = publishable_weights(checkpoint, source, use_ema, backbone_only)
+    model = None
+    if hub_dir:  # checked before anything is written
+        name = model_name or recorded_model(checkpoint, source)
+        if not name:
+            raise PublishError(f'{source} does not record its model: pass --model NAME (the timm model) for '
+                               f'--hub-dir')
+        if not timm.is_model(name):
+            given = '--model' if model_name else f'the model recorded in {source}'
+            raise PublishError(f'{given}, {name!r}, is not a timm model: pass --model NAME (e.g. '
+                               f'{timm.list_models("scalable_vit_*")[0]!r}) for --hub-dir')
+        model = hub_model(weights, name, source)
+        if Path(hub_dir).exists() and not overwrite:
+            raise FileExistsError(f'{hub_dir} exists already (not overwritten)')
     written = []
     if out:
         stem = Path(out)
@@ -124,15 +142,11 @@ def publish(source: str, out: Optional[str], formats: Sequence[str] = FORMATS, u
         stem.parent.mkdir(parents=True, exist_ok=True)
         meta = checkpoint.get('meta') if isinstance(checkpoint.get('meta'), dict) and not backbone_only else None
         payloads = {'pth': dict(state_dict=weights, **({'meta': meta} if meta else {})), 'safetensors': weights}
-        for fmt in formats:
+        for fmt in dict.fromkeys(formats):
             written.append(checkpoint_io.save_checkpoint(payloads[fmt], stem.with_name(f'{stem.name}.{fmt}'),
                                                          hash_in_name=True, overwrite=overwrite))
-    if hub_dir:
-        name = model_name or recorded_model(checkpoint, source)
-        if not name:
-            raise PublishError(f'{source} does not record its model: pass --model NAME (the timm model) for '
-                               f'--hub-dir')
-        written += write_hub_folder(hub_model(weights, name, source), Path(hub_dir), overwrite)
+    if model is not None:
+        written += write_hub_folder(model, Path(hub_dir), overwrite)
     return written
 
 
