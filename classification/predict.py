@@ -14,10 +14,8 @@ ImageNet-sized classifier; otherwise the class index. The output file is written
 """
 import argparse
 import csv
-import glob
 import io
 import json
-import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,10 +25,11 @@ import timm
 import torch
 from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+from torchvision.datasets.folder import find_classes
 
 import scalablevit  # noqa: F401  (registers the models in timm)
 from scalablevit import checkpoint as checkpoint_io
+from scalablevit import images
 
 from datasets import UnreadableImageError, build_transform, load_rgb
 from shards import INFO_FILE
@@ -68,26 +67,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def find_images(inputs: List[str]) -> List[str]:
-    """The image files named by `inputs` (files as given, folders searched recursively for image extensions,
-    glob patterns expanded), in order, each once; a UserInputError for an input that names no image."""
-    found = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_file():
-            found.append(item)
-        elif path.is_dir():
-            images = sorted(str(p) for p in path.rglob('*') if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS))
-            if not images:
-                raise UserInputError(f'no images in folder {item} (looked recursively for {", ".join(IMG_EXTENSIONS)})')
-            found += images
-        elif any(c in item for c in '*?['):
-            matches = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
-            if not matches:
-                raise UserInputError(f'no file matches {item!r}')
-            found += matches
-        else:
-            raise UserInputError(f'{item} does not exist')
-    return list(dict.fromkeys(found))
+    """The image files `inputs` name (`scalablevit.images.find_images`); a UserInputError if one names none."""
+    try:
+        return [path for path, _ in images.find_images(inputs)]
+    except images.ImageInputError as error:
+        raise UserInputError(str(error)) from None
 
 
 class ImageList(Dataset):
@@ -312,20 +296,6 @@ def format_predictions(paths: List[str], results: Dict[int, Tuple[List[int], Lis
     return buffer.getvalue()
 
 
-def write_atomically(text: str, path: Path) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`: no partial file ever."""
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    try:
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def main(args: argparse.Namespace) -> None:
     if args.topk < 1 or args.batch_size < 1 or args.workers < 0:
         raise UserInputError('--topk and --batch-size must be at least 1, --workers at least 0')
@@ -355,7 +325,7 @@ def main(args: argparse.Namespace) -> None:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        write_atomically(text, args.output)
+        images.write_atomically(text, args.output)
         print(f'wrote {args.output}', file=sys.stderr)
 
 
