@@ -12,6 +12,6 @@ val_dataloader = {{_base_.demo_val_dataloader}}
 test_dataloader = val_dataloader
 val_evaluator = {{_base_.demo_evaluator}}
 test_evaluator = val_evaluator
-train_cfg = dict(max_epochs=2)
-param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4)]
-default_hooks = dict(logger=dict(interval=2))
+train_cfg = {{_base_.demo_train_cfg}}
+param_scheduler = {{_base_.demo_param_scheduler}}
+default_hooks = {{_base_.demo_default_hooks}}

@@ -7,10 +7,8 @@ model = dict(
     backbone=dict(arch='test', init_cfg=None),
     decode_head=dict(in_channels=[16, 32, 64, 128]),
     auxiliary_head=dict(in_channels=64))
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root={{_base_.demo_data_root}}, pipeline={{_base_.demo_train_pipeline}}))
-val_dataloader = dict(num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root={{_base_.demo_data_root}}, pipeline={{_base_.demo_test_pipeline}}))
+train_dataloader = {{_base_.demo_train_dataloader}}
+val_dataloader = {{_base_.demo_val_dataloader}}
 test_dataloader = val_dataloader
-train_cfg = dict(max_iters=4, val_interval=4)
-default_hooks = dict(checkpoint=dict(interval=4), logger=dict(interval=2))
+train_cfg = {{_base_.demo_train_cfg}}
+default_hooks = {{_base_.demo_default_hooks}}

@@ -1,5 +1,8 @@
-# Settings shared by the CPU smoke configs: small-scale pipelines for the dataset
-# that make_demo_ade.py generates. Only `demo_*` names, so this file can sit beside a model config in _base_.
+# Settings shared by the ADE20K CPU smoke configs: small-scale pipelines and loaders for the dataset that
+# make_demo_ade.py generates, and (demo_schedule.py) the smoke run's schedule. Only `demo_*` names, so this file
+# can sit beside a model config in _base_ (mmengine refuses a key that two bases both set); each demo config binds
+# them, e.g. `train_cfg = {{_base_.demo_train_cfg}}`, merging them into its model config's values.
+_base_ = './demo_schedule.py'
 demo_data_root = 'data/demo_ade/ADEChallengeData2016'
 demo_crop_size = (64, 64)
 demo_train_pipeline = [
@@ -17,3 +20,7 @@ demo_test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]
+demo_train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                             dataset=dict(data_root=demo_data_root, pipeline=demo_train_pipeline))
+demo_val_dataloader = dict(num_workers=0, persistent_workers=False,
+                           dataset=dict(data_root=demo_data_root, pipeline=demo_test_pipeline))

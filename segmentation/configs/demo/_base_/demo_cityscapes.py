@@ -1,5 +1,7 @@
-# Settings shared by the Cityscapes CPU smoke configs: small-scale pipelines for the dataset that
-# make_demo_cityscapes.py generates. Only `demo_*` names, so this file can sit beside a model config in _base_.
+# Settings shared by the Cityscapes CPU smoke configs: small-scale pipelines and loaders for the dataset that
+# make_demo_cityscapes.py generates, and (demo_schedule.py) the smoke run's schedule. Only `demo_*` names, as in
+# demo_ade.py.
+_base_ = './demo_schedule.py'
 demo_data_root = 'data/cityscapes_demo/'
 demo_crop_size = (64, 128)
 demo_train_pipeline = [
@@ -17,3 +19,7 @@ demo_test_pipeline = [
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
+demo_train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                             dataset=dict(data_root=demo_data_root, pipeline=demo_train_pipeline))
+demo_val_dataloader = dict(num_workers=0, persistent_workers=False,
+                           dataset=dict(data_root=demo_data_root, pipeline=demo_test_pipeline))
