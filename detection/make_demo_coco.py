@@ -4,7 +4,6 @@
 writes train2017/, val2017/ and annotations/instances_{train,val}2017.json (boxes and polygon masks), the
 layout of data/coco/, so a config only needs `data_root` and the class names (`CLASSES`) changed.
 """
-import argparse
 import json
 import math
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from scalablevit.demo_data import demo_dataset_main
 
 CLASSES = ('disc', 'square', 'triangle')
 CORNERS = {'disc': 24, 'square': 4, 'triangle': 3}
@@ -68,17 +69,5 @@ def make_dataset(root: Path, train_images: int = 16, val_images: int = 8, size: 
     return root
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--out', default='data/demo_coco')
-    parser.add_argument('--train-images', type=int, default=16)
-    parser.add_argument('--val-images', type=int, default=8)
-    parser.add_argument('--size', type=int, nargs=2, default=(160, 128), metavar=('WIDTH', 'HEIGHT'))
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args()
-    root = make_dataset(Path(args.out), args.train_images, args.val_images, tuple(args.size), args.seed)
-    print(f'wrote {args.train_images} train and {args.val_images} val images to {root}')
-
-
 if __name__ == '__main__':
-    main()
+    demo_dataset_main(make_dataset, __doc__, default_out='data/demo_coco')

@@ -5,13 +5,14 @@ writes ADEChallengeData2016/images/{training,validation}/*.jpg and annotations/{
 Labels follow ADE20K: 0 is "other" (ignored through `reduce_zero_label`), 1..150 are the classes; here the
 background is class 1 (wall), the shapes are classes 2-4, and a border strip is left at 0.
 """
-import argparse
 import math
 from pathlib import Path
 from typing import Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from scalablevit.demo_data import demo_dataset_main
 
 WALL, FIRST_SHAPE = 1, 2
 SHAPE_CORNERS = (24, 4, 3)  # disc, square, triangle -> labels 2, 3, 4
@@ -53,17 +54,5 @@ def make_dataset(out: Path, train_images: int = 16, val_images: int = 8, size: T
     return root
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--out', default='data/demo_ade')
-    parser.add_argument('--train-images', type=int, default=16)
-    parser.add_argument('--val-images', type=int, default=8)
-    parser.add_argument('--size', type=int, nargs=2, default=(128, 96), metavar=('WIDTH', 'HEIGHT'))
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args()
-    root = make_dataset(Path(args.out), args.train_images, args.val_images, tuple(args.size), args.seed)
-    print(f'wrote {args.train_images} training and {args.val_images} validation images to {root}')
-
-
 if __name__ == '__main__':
-    main()
+    demo_dataset_main(make_dataset, __doc__, default_out='data/demo_ade')

@@ -6,7 +6,6 @@ writes leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png and gtFine/{train,v
 255 ignored): the background is road (0), the shapes are person, car and traffic sign (11, 13, 7), and a border
 strip is 255. The pictures are those of make_demo_ade.py.
 """
-import argparse
 from pathlib import Path
 from typing import Tuple
 
@@ -14,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from make_demo_ade import draw_example
+from scalablevit.demo_data import demo_dataset_main
 
 # make_demo_ade's labels (0 unlabelled, 1 background, 2..4 shapes) -> Cityscapes train ids
 TRAIN_IDS = np.full(256, 255, dtype=np.uint8)
@@ -37,17 +37,5 @@ def make_dataset(out: Path, train_images: int = 8, val_images: int = 4, size: Tu
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--out', default='data/cityscapes_demo')
-    parser.add_argument('--train-images', type=int, default=8)
-    parser.add_argument('--val-images', type=int, default=4)
-    parser.add_argument('--size', type=int, nargs=2, default=(256, 128), metavar=('WIDTH', 'HEIGHT'))
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args()
-    root = make_dataset(Path(args.out), args.train_images, args.val_images, tuple(args.size), args.seed)
-    print(f'wrote {args.train_images} training and {args.val_images} validation images to {root}')
-
-
 if __name__ == '__main__':
-    main()
+    demo_dataset_main(make_dataset, __doc__, default_out='data/cityscapes_demo')
