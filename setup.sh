@@ -7,7 +7,7 @@
 #   --cuda (with either)       mmcv with CUDA ops even where torch sees no GPU (as it is built where torch sees one):
 #                              for $TORCH_CUDA_ARCH_LIST, default the visible GPUs' or else 9.0 (H100); nvcc from
 #                              the toolkit torch finds when its major version is torch's, else from the package index
-#                              (tools/cuda_toolkit.sh); about 35 minutes on 2 cores for one architecture, then cached
+#                              (tools/cuda_toolkit.sh); about 25 minutes on 2 cores for one architecture, then cached
 # Re-running it is cheap: an existing .venv is reused and only what changed is installed.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -41,7 +41,7 @@ if [ "$openmmlab" = 1 ]; then
     # mmcv 2.1.0 (what mmdet 3.3 and mmseg 1.2 accept) publishes no wheels for this torch, so it is compiled
     # here: CPU ops, plus CUDA ops when torch sees a GPU or with --cuda. The wheel is cached per torch, Python and
     # ops flavour ($SCALABLEVIT_CACHE, default ~/.cache/scalablevit); without the cache it is rebuilt (about 10
-    # minutes on 2 cores, 35 with CUDA ops).
+    # minutes on 2 cores, 25 with CUDA ops for one architecture).
     cache_root="${SCALABLEVIT_CACHE:-$HOME/.cache/scalablevit}"
     build_env=(MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}")
     if [ "$cuda" = 1 ] || "$VENV/bin/python" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then

@@ -16,7 +16,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line('markers', 'slow: subprocess/DDP/full-size/end-to-end tests (run with --slow)')
-    config.addinivalue_line('markers', 'gpu: needs a CUDA device (skipped without one): pytest -m gpu tests/test_gpu.py')
+    config.addinivalue_line('markers', 'gpu: needs a CUDA device (skipped without one): pytest -m gpu')
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:

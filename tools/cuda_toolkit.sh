@@ -4,11 +4,11 @@
 #
 # torch's extension builder refuses an nvcc whose major version differs from torch.version.cuda, and cluster nodes
 # often carry another toolkit, or none. So: the toolkit torch itself finds (CUDA_HOME / CUDA_PATH, else nvcc on
-# PATH, else /usr/local/cuda) is used when its nvcc has torch's major version and its headers are there; otherwise nvcc, its
-# compiler parts and the CUDA runtime headers come from the package index at the versions torch's own `cuda-toolkit`
-# requirement pins (nvidia-cuda-nvcc, -crt, -cccl, -runtime, -culibos, nvidia-nvvm: ~270 MB), installed once into
-# CACHE_DIR/cuda-toolkit-<version>. The headers of the libraries torch links (cuBLAS, cuSPARSE, cuSOLVER, ...) are
-# those of the nvidia-* wheels torch already installed: setup.sh puts them on CPATH.
+# PATH, else /usr/local/cuda) is used when its nvcc has torch's major version and its headers are there; otherwise
+# nvcc, its compiler parts and the CUDA runtime headers come from the package index at the versions torch's own
+# `cuda-toolkit` requirement pins (nvidia-cuda-nvcc, -crt, -cccl, -runtime, -culibos, nvidia-nvvm: ~270 MB),
+# installed once into CACHE_DIR/cuda-toolkit-<version>. The headers of the libraries torch links (cuBLAS,
+# cuSPARSE, cuSOLVER, ...) are those of the nvidia-* wheels torch already installed: setup.sh puts them on CPATH.
 set -euo pipefail
 PYTHON=$1
 CACHE_DIR=$2
