@@ -27,6 +27,10 @@ them as JSON in its metadata under the same key). `load_checkpoint_file` checks
 those digests, so a file altered after it was written is an error naming the tensor; files without digests
 (the released checkpoints, timm's, mmengine's own) load as before. Model weights with NaN or infinite values
 are refused (`check_finite`) wherever weights are loaded.
+
+Mismatches: `StateDictMismatch.compare(state_dict, model)` is the one report of what keeps weights from loading
+(tensors of another shape, missing and unexpected keys), used by the timm filters, the OpenMMLab checks and the
+classification loaders alike.
 """
 import argparse
 import hashlib
