@@ -25,7 +25,7 @@ pytestmark = pytest.mark.gpu
 FAMILIES = list(scalablevit.FAMILIES)
 DTYPES = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 # float32 on CUDA: cuDNN convolutions run in TF32 by default (10-bit mantissa), the matmuls in full float32
-FLOAT32_TOLERANCE = (2e-3, 0.9999)
+FLOAT32_TOLERANCE = (5e-3, 0.999)
 CUDA = torch.device('cuda')
 
 
