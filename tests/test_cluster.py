@@ -206,17 +206,23 @@ def test_openmmlab_slurm_train_and_test(slurm, task, tmp_path):
 
 
 def test_resume_survives_a_torn_last_checkpoint(tmp_path):
-    """mmengine rewrites `last_checkpoint` in place: killed then, it is empty; `--resume` takes the newest
-    complete checkpoint instead (and the named one when it exists)."""
-    pytest.importorskip('mmengine')
+    """mmengine rewrites `last_checkpoint` in place: killed then, it is empty; `--resume` takes the checkpoint
+    written last instead (by time: a stop's stopped.pth or iter_N.pth inside epoch N+1 is newer than epoch_N.pth),
+    and the named one when it exists."""
+    pytest.importorskip('mmdet')
     from scalablevit.openmmlab.compat import find_resumable_checkpoint
-    for name in ('epoch_2.pth', 'epoch_10.pth', 'epoch_9.pth'):
+    for when, name in enumerate(('epoch_2.pth', 'epoch_9.pth', 'epoch_10.pth', 'other.pth')):
         (tmp_path / name).write_bytes(b'')
+        os.utime(tmp_path / name, ns=(when * 10**9, when * 10**9))
     assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_10.pth')  # no last_checkpoint
     (tmp_path / 'last_checkpoint').write_text('')
     assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_10.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_11.pth'))
     assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_10.pth')
+    for when, name in ((4, 'iter_40.pth'), (5, 'stopped.pth')):
+        (tmp_path / name).write_bytes(b'')
+        os.utime(tmp_path / name, ns=(when * 10**9, when * 10**9))
+        assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / name)
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_9.pth'))
     assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_9.pth')
 

@@ -307,3 +307,31 @@ def test_semantic_fpn_trains_and_tests_on_two_processes(tmp_path):
     log = distributed([SEGMENTATION / 'tools' / 'dist_test.sh', config, work / 'iter_4.pth', 2, '--eval', 'mIoU',
                        '--work-dir', tmp_path / 'test'], cwd=tmp_path)
     assert 0 <= float(log.split('mIoU: ')[-1].split()[0]) <= 100
+
+
+def test_tensorboard_flag_writes_the_logged_scalars(tmp_path, monkeypatch):
+    """`train.py --tensorboard`: the scalars the run logs (loss, lr) are in TensorBoard event files, equal to
+    those of mmengine's own scalars.json, step by step."""
+    pytest.importorskip('tensorboard')
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from scalablevit.openmmlab.runner import train
+    sys.path.insert(0, str(SEGMENTATION))
+    from make_demo_ade import make_dataset
+    monkeypatch.chdir(tmp_path)
+    make_dataset(tmp_path / 'data' / 'demo_ade', train_images=4, val_images=1)
+    work = tmp_path / 'work'
+    train([str(SEGMENTATION / 'configs' / 'demo' / 'fpn_scalablevit-test_demo-ade.py'), '--work-dir', str(work),
+           '--tensorboard', '--cfg-options', 'train_cfg.max_iters=3', 'train_cfg.val_interval=10',
+           'default_hooks.logger.interval=1', 'default_hooks.checkpoint.interval=10'])
+    (events,) = work.glob('*/vis_data/events.out.tfevents.*')
+    logged = [json.loads(line) for line in (events.parent / 'scalars.json').read_text().splitlines()]
+    accumulator = EventAccumulator(str(events.parent))
+    accumulator.Reload()
+    assert {'loss', 'lr'} <= set(accumulator.Tags()['scalars'])
+    for tag in ('loss', 'lr'):
+        written = [(event.step, event.value) for event in accumulator.Scalars(tag)]
+        assert written == [(line['step'], pytest.approx(line[tag])) for line in logged if tag in line]
+        assert [step for step, _ in written] == [1, 2, 3]

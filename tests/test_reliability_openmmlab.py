@@ -16,9 +16,10 @@ from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.runner import runner as mmengine_runner  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import scalablevit.openmmlab  # noqa: E402,F401  (registers the backbones, the hook and the checkpoint policy)
+import scalablevit.openmmlab  # noqa: E402,F401  (registers the backbones and the hook)
 from scalablevit import checkpoint as checkpoint_io  # noqa: E402
 from scalablevit.openmmlab.checks import DataCheckError, DataCheckHook, validate_coco_file  # noqa: E402
+from scalablevit.openmmlab.compat import use_checkpoint_policy  # noqa: E402
 from scalablevit.openmmlab.runner import test as run_test  # noqa: E402
 from scalablevit.openmmlab.runner import train as run_train  # noqa: E402
 
@@ -49,21 +50,47 @@ def coco(tmp_path, monkeypatch) -> Path:
 # --- checkpoints: written atomically with digests, read by the policy ---------------------------------------
 
 def test_mmengine_checkpoints_are_written_atomically_with_digests(tmp_path, monkeypatch):
-    """The Runner's save (CheckpointHook's epoch_N.pth) goes through save_checkpoint: a write that dies midway
-    leaves the previous file and no partial one."""
+    """Under the policy, the Runner's save (CheckpointHook's epoch_N.pth) goes through save_checkpoint: a write
+    that dies midway leaves the previous file and no partial one."""
     path = tmp_path / 'epoch_1.pth'
-    mmengine_runner.save_checkpoint({'state_dict': {'w': torch.ones(3)}, 'meta': {'epoch': 1}}, str(path))
-    assert checkpoint_io.DIGEST_KEY in torch.load(path, weights_only=True)
-    before = path.read_bytes()
+    with use_checkpoint_policy():
+        mmengine_runner.save_checkpoint({'state_dict': {'w': torch.ones(3)}, 'meta': {'epoch': 1}}, str(path))
+        assert checkpoint_io.DIGEST_KEY in torch.load(path, weights_only=True)
+        before = path.read_bytes()
 
-    def dies_midway(obj, f, *args, **kwargs):
-        f.write(b'PK\x03\x04 partial')
-        raise KeyboardInterrupt
+        def dies_midway(obj, f, *args, **kwargs):
+            f.write(b'PK\x03\x04 partial')
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, 'save', dies_midway)
-    with pytest.raises(KeyboardInterrupt):
-        mmengine_runner.save_checkpoint({'state_dict': {'w': torch.zeros(3)}}, str(path))
+        monkeypatch.setattr(torch, 'save', dies_midway)
+        with pytest.raises(KeyboardInterrupt):
+            mmengine_runner.save_checkpoint({'state_dict': {'w': torch.zeros(3)}}, str(path))
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ['epoch_1.pth']
+
+
+def test_importing_changes_nothing_in_mmengine_and_the_policy_is_undone(tmp_path):
+    """`import scalablevit.openmmlab` (every config's custom_imports) registers and patches nothing: mmengine's
+    checkpoint writer, finder and loader stay its own, also after a run of the project's drivers (which install
+    the policy for their runs, `use_checkpoint_policy`)."""
+    import copyreg
+
+    from mmengine.logging import HistoryBuffer
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    mmengine_functions = (mmengine_runner.save_checkpoint, mmengine_runner.find_latest_checkpoint,
+                          mmengine_checkpoint.CheckpointLoader._schemes[''])
+    assert mmengine_functions == (mmengine_checkpoint.save_checkpoint, mmengine_checkpoint.find_latest_checkpoint,
+                                  mmengine_checkpoint.load_from_local)
+    assert HistoryBuffer not in copyreg.dispatch_table
+    assert HistoryBuffer not in torch.serialization.get_safe_globals()
+    with use_checkpoint_policy():
+        assert mmengine_runner.save_checkpoint is not mmengine_checkpoint.save_checkpoint
+        assert HistoryBuffer in torch.serialization.get_safe_globals()
+    with pytest.raises(SystemExit, match='error: config'):
+        run_train([str(tmp_path / 'missing.py')])
+    assert (mmengine_runner.save_checkpoint, mmengine_runner.find_latest_checkpoint,
+            mmengine_checkpoint.CheckpointLoader._schemes['']) == mmengine_functions
+    assert HistoryBuffer not in copyreg.dispatch_table
+    assert HistoryBuffer not in torch.serialization.get_safe_globals()
 
 
 @pytest.mark.slow
@@ -72,13 +99,15 @@ def test_kill_during_mmengine_saves_leaves_no_truncated_checkpoint(tmp_path):
     takes ~0.1 s, so most kills land mid-write): every epoch_N.pth there is complete and loads."""
     import signal
     import time
-    writer = ('import sys, torch, scalablevit.openmmlab\n'
+    writer = ('import sys, torch\n'
               'from mmengine.runner import runner\n'
+              'from scalablevit.openmmlab import use_checkpoint_policy\n'
               'weights = {f"w{i}": torch.randn(256, 1024) for i in range(24)}\n'
               'print("ready", flush=True)\n'
-              'for n in range(1000):\n'
-              '    path = f"{sys.argv[1]}/epoch_{n % 3}.pth"\n'
-              '    runner.save_checkpoint({"state_dict": weights, "meta": {"epoch": n}}, path)\n')
+              'with use_checkpoint_policy():\n'
+              '    for n in range(1000):\n'
+              '        path = f"{sys.argv[1]}/epoch_{n % 3}.pth"\n'
+              '        runner.save_checkpoint({"state_dict": weights, "meta": {"epoch": n}}, path)\n')
     for kill in range(3):
         process = subprocess.Popen([sys.executable, '-c', writer, str(tmp_path)], stdout=subprocess.PIPE, text=True)
         assert process.stdout.readline().strip() == 'ready'
@@ -95,8 +124,9 @@ def test_mmengine_reads_through_the_policy(tmp_path):
     from mmengine.runner.checkpoint import CheckpointLoader
     path = tmp_path / 'nan.pth'
     torch.save({'state_dict': {'backbone.w': torch.tensor([1.0, float('nan')])}}, path)
-    with pytest.raises(checkpoint_io.CheckpointError, match=r'nan.pth: NaN or infinite values .* backbone\.w'):
-        CheckpointLoader.load_checkpoint(str(path))
+    with use_checkpoint_policy():
+        with pytest.raises(checkpoint_io.CheckpointError, match=r'nan.pth: NaN or infinite values .* backbone\.w'):
+            CheckpointLoader.load_checkpoint(str(path))
 
 
 @pytest.fixture(scope='module')
@@ -104,7 +134,8 @@ def retinanet_checkpoint(tmp_path_factory) -> Path:
     """A checkpoint that fits the RetinaNet demo config, as mmengine writes them (weights under 'state_dict')."""
     path = tmp_path_factory.mktemp('ckpt') / 'epoch_2.pth'
     model = build_model(RETINANET, 'mmdet')
-    mmengine_runner.save_checkpoint({'state_dict': model.state_dict(), 'meta': {'epoch': 2}}, str(path))
+    with use_checkpoint_policy():
+        mmengine_runner.save_checkpoint({'state_dict': model.state_dict(), 'meta': {'epoch': 2}}, str(path))
     return path
 
 

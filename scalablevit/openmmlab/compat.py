@@ -1,16 +1,19 @@
 """What mmengine 0.10 needs on today's PyTorch: loading its own checkpoints under `torch.load`'s
 `weights_only=True` default, and distributed runs (`--launcher pytorch`) on machines without a GPU; and what this
 project adds: mmengine's local checkpoint reads and writes go through the package's checkpoint policy
-(`use_checkpoint_policy`)."""
+(`use_checkpoint_policy`). Importing this module changes nothing in mmengine: the project's drivers
+(`runner.py`) install the checkpoint policy for their runs, and a script of one's own can do the same with
+`with use_checkpoint_policy(): ...`."""
 import argparse
 import codecs
+import contextlib
 import copyreg
 import datetime
 import logging
 import os
 import os.path as osp
 import re
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -38,8 +41,9 @@ def allow_mmengine_checkpoints() -> None:
 
     mmengine 0.10 calls a bare `torch.load`, and its checkpoints hold the message hub: HistoryBuffers whose
     pickled form includes bound methods (reached through `getattr`, which must never be allowlisted: with
-    it a checkpoint can call any function). Checkpoints written after this import pickle HistoryBuffers as
-    plain arrays instead, and exactly the types those need are allowlisted.
+    it a checkpoint can call any function). Checkpoints written after this call pickle HistoryBuffers as
+    plain arrays instead, and exactly the types those need are allowlisted (for the whole process:
+    `use_checkpoint_policy` undoes it on exit).
     """
     copyreg.pickle(HistoryBuffer, _reduce_history_buffer)
     multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
@@ -80,36 +84,56 @@ def _save_checkpoint(checkpoint: dict, filename: str, file_client_args=None, bac
 _mmengine_save_checkpoint = mmengine_checkpoint.save_checkpoint
 
 
-_CHECKPOINT_NAME = re.compile(r'(?:epoch|iter)_(\d+)\.pth')
+_CHECKPOINT_NAME = re.compile(r'(?:(?:epoch|iter)_\d+|stopped)\.pth')
 
 
 def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     """mmengine's `find_latest_checkpoint` (the file that `last_checkpoint` names), safe against a kill at any
     moment: mmengine rewrites `last_checkpoint` in place, so a kill then leaves it empty or torn; when it is, or
-    names a file that is gone, the newest `epoch_N.pth` / `iter_N.pth` of the work dir is taken instead (every
-    checkpoint there is complete: they are written atomically)."""
+    names a file that is gone, the checkpoint of the work dir written last (`epoch_N.pth`, `iter_N.pth` or a
+    stopped run's `stopped.pth`, by modification time: the numbers of epochs and iterations do not compare) is
+    taken instead (every checkpoint there is complete: they are written atomically)."""
     named = mmengine_checkpoint.find_latest_checkpoint(work_dir)
     if named and osp.isfile(named):
         return named
-    numbered = sorted((int(match.group(1)), name) for name in os.listdir(work_dir)
-                      if (match := _CHECKPOINT_NAME.fullmatch(name)))
-    if not numbered:
+    written = sorted((os.stat(osp.join(work_dir, name)).st_mtime_ns, name) for name in os.listdir(work_dir)
+                     if _CHECKPOINT_NAME.fullmatch(name))
+    if not written:
         return None
-    newest = osp.join(work_dir, numbered[-1][1])
+    newest = osp.join(work_dir, written[-1][1])
     print_log(f'{osp.join(work_dir, "last_checkpoint")} ' + (f'names {named}, which does not exist' if named else
-              'is missing or empty') + f': resuming from the newest checkpoint, {newest}', logger='current',
+              'is missing or empty') + f': resuming from the checkpoint written last, {newest}', logger='current',
               level=logging.WARNING)
     return newest
 
 
-def use_checkpoint_policy() -> None:
-    """Route mmengine's local checkpoint files through `scalablevit.checkpoint`: the Runner's (and so the
-    CheckpointHook's) writes become atomic with digests, so a kill during a save never leaves a truncated
-    `epoch_N.pth`; every local read (`load_from`, `--resume`, test.py, `init_cfg`) checks digests and finite
-    weights. `--resume` without a file finds the checkpoint by `find_resumable_checkpoint`."""
+@contextlib.contextmanager
+def use_checkpoint_policy() -> Iterator[None]:
+    """Within the block, mmengine's local checkpoint files go through `scalablevit.checkpoint`: the Runner's
+    (and so the CheckpointHook's) writes are atomic with digests, so a kill during a save never leaves a truncated
+    `epoch_N.pth`; every local read (`load_from`, `--resume`, test.py) checks digests and finite weights and
+    loads mmengine's own checkpoints under `weights_only=True` (`allow_mmengine_checkpoints`); `--resume`
+    without a file finds the checkpoint by `find_resumable_checkpoint`. mmengine's own behaviour comes back on
+    exit. `runner.py`'s drivers run inside it."""
+    loaders = dict(mmengine_checkpoint.CheckpointLoader._schemes)
+    saved = mmengine_runner.save_checkpoint, mmengine_runner.find_latest_checkpoint
+    reducer = copyreg.dispatch_table.get(HistoryBuffer)
+    safe_globals = torch.serialization.get_safe_globals()
+    allow_mmengine_checkpoints()
     mmengine_checkpoint.CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
     mmengine_runner.save_checkpoint = _save_checkpoint
     mmengine_runner.find_latest_checkpoint = find_resumable_checkpoint
+    try:
+        yield
+    finally:
+        mmengine_runner.save_checkpoint, mmengine_runner.find_latest_checkpoint = saved
+        mmengine_checkpoint.CheckpointLoader._schemes = loaders
+        if reducer is None:
+            copyreg.dispatch_table.pop(HistoryBuffer, None)
+        else:
+            copyreg.dispatch_table[HistoryBuffer] = reducer
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(safe_globals)
 
 
 @MODEL_WRAPPERS.register_module(force=True)

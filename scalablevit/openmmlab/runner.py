@@ -3,15 +3,19 @@ command lines (`train.py CONFIG [--resume]`, `test.py CONFIG CKPT [--eval METRIC
 
 Both stop with one error message (exit status 1) instead of a wrong result: a training run takes its work dir
 for itself (`scalablevit.run_folder`), the heads' class counts and segmentation labels are checked against the
-data and COCO annotation files are validated before pycocotools reads them (`checks.py`), checkpoints are read
-and written by the package's checkpoint policy, and test.py refuses a checkpoint that does not fit the config's
-model unless `--allow-mismatch`.
+data and COCO annotation files are validated before pycocotools reads them (`checks.py`), and test.py refuses a
+checkpoint that does not fit the config's model unless `--allow-mismatch`. For their runs the drivers install
+the package's checkpoint policy in mmengine (`compat.use_checkpoint_policy`: atomic writes with digests, checked
+reads; mmengine's own behaviour comes back when the driver returns). Training runs the preemptible loops
+(`loops.py`): a stop signal (SIGTERM, SIGUSR1) ends the run with a checkpoint of the iteration it reached and exit
+status 75 (`scalablevit.preemption.EXIT_STOPPED`), and `--resume` continues inside the epoch.
 """
 import argparse
 import functools
 import logging
 import os
 import os.path as osp
+import sys
 from typing import Callable, List, Optional
 
 from mmengine.config import Config, DictAction
@@ -20,9 +24,11 @@ from mmengine.runner import Runner
 
 from ..checkpoint import CheckpointError
 from ..distributed import close_process_group, set_slurm_rendezvous
+from ..preemption import EXIT_STOPPED, TrainingStopped
 from ..run_folder import RunFolderError, lock_run_folder
 from .checks import DataCheckError, checkpoint_mismatch, validate_annotation_files
-from .compat import prepare_cpu_distributed
+from .compat import prepare_cpu_distributed, use_checkpoint_policy
+from .loops import preemptible_train_cfg
 
 LAUNCHERS = ['none', 'pytorch', 'slurm', 'mpi']
 
@@ -57,23 +63,39 @@ def _load_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def _stops_with_message(driver: Callable) -> Callable:
-    """Turn the errors that say what to fix (locked or unwritable work dir, data or checkpoint that does not fit)
-    into one `error: ...` line and exit status 1, without a traceback; and close the process group mmengine
+def _driver(driver: Callable) -> Callable:
+    """Run `driver` under the checkpoint policy; turn the errors that say what to fix (locked or unwritable
+    work dir, data or checkpoint that does not fit) into one `error: ...` line and exit status 1, without a
+    traceback, and a stop on a signal into its message and exit status 75; and close the process group mmengine
     opened once the run's objects are gone (`close_process_group`: else a finished run can abort at exit)."""
     @functools.wraps(driver)
     def run(*args, **kwargs):
         try:
-            return driver(*args, **kwargs)
+            with use_checkpoint_policy():
+                return driver(*args, **kwargs)
         except (RunFolderError, DataCheckError, CheckpointError) as error:
             message = f'error: {error}'  # the traceback, and the Runner in its frames, go with this block
+        except TrainingStopped as stopped:
+            print(stopped, file=sys.stderr, flush=True)
+            message = EXIT_STOPPED
         finally:
             close_process_group()
         raise SystemExit(message)
     return run
 
 
-@_stops_with_message
+def add_tensorboard(cfg: Config) -> None:
+    """Add mmengine's TensorboardVisBackend to the config's visualizer (once)."""
+    visualizer = cfg.get('visualizer')
+    if visualizer is None:
+        raise SystemExit('error: --tensorboard needs a `visualizer` in the config (the OpenMMLab default runtimes '
+                         'define one)')
+    backends = list(visualizer.get('vis_backends') or [])
+    if not any(backend.get('type') == 'TensorboardVisBackend' for backend in backends):
+        visualizer.vis_backends = backends + [dict(type='TensorboardVisBackend')]
+
+
+@_driver
 def train(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description='Train a model from a config')
     parser.add_argument('config', help='config file')
@@ -81,7 +103,14 @@ def train(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by (total batch size / the config\'s base_batch_size)')
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
-                        help='resume from CHECKPOINT, or from the latest checkpoint in the work dir if omitted')
+                        help='resume from CHECKPOINT, or from the latest checkpoint in the work dir if omitted '
+                             '(none there: start afresh), continuing inside the epoch where a stop left it')
+    parser.add_argument('--requeue', action='store_true',
+                        help='under Slurm: after a stop signal (SIGTERM, SIGUSR1) has been saved, requeue the job '
+                             '(scontrol requeue $SLURM_JOB_ID); its script should pass --resume')
+    parser.add_argument('--tensorboard', action='store_true',
+                        help='also write the logged scalars as TensorBoard event files (mmengine\'s '
+                             'TensorboardVisBackend, under WORK_DIR/TIMESTAMP/vis_data)')
     _common_arguments(parser)
     args = parser.parse_args(argv)
     cfg = _load_config(args)
@@ -92,6 +121,9 @@ def train(argv: Optional[List[str]] = None) -> None:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise SystemExit('error: --auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
+    cfg.train_cfg = preemptible_train_cfg(cfg.train_cfg, requeue=args.requeue)
+    if args.tensorboard:
+        add_tensorboard(cfg)
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
@@ -103,7 +135,7 @@ def train(argv: Optional[List[str]] = None) -> None:
     Runner.from_cfg(cfg).train()
 
 
-@_stops_with_message
+@_driver
 def test(
         argv: Optional[List[str]] = None,
         add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
