@@ -376,14 +376,14 @@ def main(args) -> None:
     model_without_ddp = model
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     utils.logger.info(f'number of params: {n_parameters}')
-    model_ema = None
-    if args.model_ema:
-        model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
-                               device=torch.device('cpu') if args.model_ema_force_cpu else None)
-    if args.distributed:
+    if args.distributed:  # broadcasts rank 0's initial weights to every rank
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[args.local_rank] if device.type == 'cuda' else None)
         model_without_ddp = model.module
+    model_ema = None
+    if args.model_ema:  # after DDP's broadcast: every rank's EMA starts from the same weights
+        model_ema = ModelEmaV3(model_without_ddp, decay=args.model_ema_decay,
+                               device=torch.device('cpu') if args.model_ema_force_cpu else None)
     ddp_model = model if args.distributed else None
     if args.torchcompile:
         model = torch.compile(model, backend=args.torchcompile)  # after DDP, as timm

@@ -120,6 +120,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def job_processes(root: int) -> List[int]:
+    """`root` and all its descendants (from /proc): the processes Slurm signals in a job step, whatever
+    sessions the launcher put them in (torchrun starts each worker in a session of its own)."""
+    children: Dict[int, List[int]] = {}
+    for entry in Path('/proc').iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / 'stat').read_text().rsplit(')', 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        pending.extend(children.get(pid, []))
+    return found
+
+
+def signal_job(root: int, signum: int) -> None:
+    """Send `signum` to `root` and its descendants, as Slurm signals every process of a job step."""
+    for pid in job_processes(root):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
 def run_command(args: List[str], cwd: Path, timeout: int = 900, env: Optional[Dict[str, str]] = None,
                 check: bool = True) -> subprocess.CompletedProcess:
     """Run a command (a Python script when `args[0]` ends in .py) with one thread per process, unbuffered;

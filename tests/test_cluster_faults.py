@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, free_port
+from helpers import ROOT, free_port, signal_job
+from test_cluster import slurm  # noqa: F401  (its one-node Slurm cluster)
 from scalablevit.preemption import StopRequest
 
 CLASSIFICATION = ROOT / 'classification'
@@ -202,15 +203,15 @@ def launch(processes: int, args: list) -> list:
 
 
 def signal_group_at(cmd: list, trigger: str, signum: int) -> subprocess.CompletedProcess:
-    """Run `cmd` in its own process group and send `signum` to the whole group (launcher, ranks, loader workers:
-    what Slurm does) when `trigger` is printed."""
+    """Run `cmd` and send `signum` to every process of it (launcher, ranks, loader workers: what Slurm does)
+    when `trigger` is printed."""
     process = subprocess.Popen(cmd, cwd=CLASSIFICATION, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=environment(), start_new_session=True)
+                               env=environment())
     lines = []
     for line in process.stdout:
         lines.append(line)
         if trigger in line:
-            os.killpg(process.pid, signum)
+            signal_job(process.pid, signum)
             break
     stdout, stderr = process.communicate(timeout=300)
     return subprocess.CompletedProcess(cmd, process.returncode, ''.join(lines) + stdout, stderr)
@@ -244,7 +245,7 @@ def test_restart_on_fewer_and_more_processes_trains_each_sample_once(data, tmp_p
     again, resumed on 2: the epoch ends having trained each of its samples once (counted from the positions
     each run recorded in its checkpoints' sample counts and the log of trained steps)."""
     base = [*TINY, '--data-path', str(data), '--output_dir', str(tmp_path), '--epochs', '1', '--num_workers', '0']
-    first = signal_group_at(launch(2, [*base, '--batch-size', '4']), 'Epoch: [0] [2/', signal.SIGTERM)
+    first = signal_group_at(launch(2, [*base, '--batch-size', '4']), 'Epoch: [0] [0/', signal.SIGTERM)
     assert 'stopped by signal' in first.stderr, first.stderr[-3000:]
     position = torch.load(tmp_path / 'checkpoint.pth', weights_only=True)['mid_epoch']
     assert position['world_size'] == 2 and position['samples'] == 8 * position['step']
@@ -276,3 +277,38 @@ def test_dist_eval_with_fewer_validation_shards_than_ranks(tmp_path):
                             env=environment(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Accuracy of the network on the 8 test images' in result.stdout
+
+
+
+@pytest.mark.slow
+def test_srun_tasks_stop_on_usr1_and_requeue(slurm, data, tmp_path):
+    """The recommended Slurm launch, `srun` one task per GPU: `scancel --signal=USR1` (what `--signal=USR1@T`
+    sends before the time limit) reaches every task; they save, rank 0 runs `scontrol requeue` (--requeue) and
+    every task exits 75; the same srun command then finishes the run."""
+    calls = tmp_path / 'scontrol.calls'
+    fake = tmp_path / 'bin' / 'scontrol'  # records the requeue (a real one would requeue this test's job)
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    env = dict(environment(), **slurm, MASTER_PORT=str(free_port()),
+               PATH=f'{fake.parent}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}')
+    args = [*TINY, '--data-path', str(data), '--output_dir', str(tmp_path / 'out'), '--epochs', '2',
+            '--num_workers', '1', '--batch-size', '4', '--requeue']
+    srun = ['srun', '-n', '2', '-N', '1', '--kill-on-bad-exit=1', sys.executable, 'main.py', *args]
+    process = subprocess.Popen(srun, cwd=CLASSIFICATION, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if 'Epoch: [0] [0/' in line:
+            jobs = subprocess.run(['squeue', '-h', '-o', '%i'], capture_output=True, text=True, env=env).stdout
+            subprocess.run(['scancel', '--signal=USR1', jobs.split()[0]], check=True, env=env)
+            break
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == EXIT_STOPPED, stderr[-3000:]
+    assert 'stopped by signal' in stderr and calls.read_text().startswith('requeue ')
+    assert torch.load(tmp_path / 'out' / 'checkpoint.pth', weights_only=True)['mid_epoch']['epoch'] == 0
+    env['MASTER_PORT'] = str(free_port())
+    rerun = subprocess.run(srun, cwd=CLASSIFICATION, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert [r['epoch'] for r in log_records(tmp_path / 'out')] == [0, 1]

@@ -114,7 +114,7 @@ def test_stop_signal_mid_epoch_resumes_bit_identical(data, tmp_path, processes, 
     result = subprocess.run(command(data, out, processes), cwd=CLASSIFICATION, capture_output=True, text=True,
                             env=environment(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f'Resuming training at epoch 1, step {position["step"]}' in result.stdout
+    assert f'Resuming training at epoch 1, sample {position["samples"]}' in result.stdout
     assert_same_final_state(out, reference)
     assert not list(out.glob('.*.tmp-*'))
 

@@ -1,6 +1,8 @@
 """classification/main.py options for training with fewer GPUs and from pretrained weights: gradient accumulation,
 --finetune (another class count and input size), --layer-decay, --torchcompile and --channels-last."""
 import argparse
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -72,6 +74,7 @@ def _count_all_reduces(rank: int, world_size: int, port: int, counts) -> None:
     """One rank of test_accumulation_all_reduces_once_per_optimizer_step: a real DDP model on gloo whose comm
     hook counts the gradient all-reduces of 3 optimizer steps over 7 micro-batches (steps of 3, 3 and 1)."""
     import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
     import engine
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world_size)
@@ -81,9 +84,9 @@ def _count_all_reduces(rank: int, world_size: int, port: int, counts) -> None:
 
     def counting_hook(state, bucket):
         calls.append(1)
-        return dist.algorithms.ddp_comm_hooks.default_hooks.allreduce_hook(state, bucket)
+        return allreduce_hook(state, bucket)
 
-    model.register_comm_hook(dist.group.WORLD, counting_hook)
+    model.register_comm_hook(None, counting_hook)  # None: the default process group
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in range(7)]
     step = engine.TrainStep(torch.nn.CrossEntropyLoss(), optimizer, torch.device('cpu'), accum_steps=3,
@@ -190,3 +193,30 @@ def test_torchcompile_and_channels_last_train(data, tmp_path, capsys):
     checkpoint = torch.load(tmp_path / 'checkpoint.pth', weights_only=True)
     assert not any(k.startswith('_orig_mod.') for k in checkpoint['model'])
     assert '* Acc@1' in capsys.readouterr().out
+
+
+def test_tensorboard_scalars_read_back(data, tmp_path):
+    """--log-tensorboard: each epoch's train/test scalars as TensorBoard events, readable while the run goes on."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    train_in_process([*TINY, '--data-path', str(data), '--output_dir', str(tmp_path), '--epochs', '2',
+                      '--batch-size', '8', '--log-tensorboard'])
+    events = EventAccumulator(str(tmp_path / 'tensorboard'))
+    events.Reload()
+    assert {'train/loss', 'train/lr', 'test/acc1', 'test/loss'} <= set(events.Tags()['scalars'])
+    logged = [json.loads(line) for line in (tmp_path / 'log.txt').read_text().splitlines()]
+    accuracy = events.Scalars('test/acc1')
+    assert [e.step for e in accuracy] == [0, 1]
+    assert [e.value for e in accuracy] == pytest.approx([r['test_acc1'] for r in logged])
+
+
+def test_amp_bfloat16_on_cpu_trains(data, tmp_path, capsys):
+    """--amp on CPU: bfloat16 autocast (float16 with the loss scaler); the loss falls over 3 epochs."""
+    for dtype in ('bfloat16', 'float16'):
+        out = tmp_path / dtype
+        train_in_process([*TINY, '--data-path', str(data), '--output_dir', str(out), '--epochs', '3',
+                          '--batch-size', '8', '--amp', '--amp-dtype', dtype, '--mixup', '0', '--cutmix', '0',
+                          '--warmup-epochs', '0', '--lr', '2e-2'])
+        losses = [json.loads(line)['train_loss'] for line in (out / 'log.txt').read_text().splitlines()]
+        assert all(map(math.isfinite, losses)) and losses[-1] < losses[0], (dtype, losses)
+        checkpoint = torch.load(out / 'checkpoint.pth', weights_only=True)
+        assert (checkpoint['scaler'] is not None) == (dtype == 'float16')

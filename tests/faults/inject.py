@@ -12,8 +12,10 @@ from pathlib import Path
 
 CLASSIFICATION = Path(__file__).resolve().parents[2] / 'classification'
 sys.path.insert(0, str(CLASSIFICATION))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402
+from helpers import signal_job  # noqa: E402
 import main  # noqa: E402
 import run_state  # noqa: E402
 import torch  # noqa: E402
@@ -31,32 +33,6 @@ PHASES = {
 }
 
 
-def job_processes(root: int) -> list:
-    """`root` and its descendants, from /proc."""
-    children = {}
-    for entry in Path('/proc').iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / 'stat').read_text().rsplit(')', 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, pending = [], [root]
-    while pending:
-        pid = pending.pop()
-        found.append(pid)
-        pending.extend(children.get(pid, []))
-    return found
-
-
-def signal_job(signum: int) -> None:
-    for pid in job_processes(int(os.environ['FAULT_ROOT_PID'])):
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-
 def signal_on_entry(owner, name: str, nth: int, signum: int) -> None:
     original = getattr(owner, name)
     entries = []
@@ -64,7 +40,7 @@ def signal_on_entry(owner, name: str, nth: int, signum: int) -> None:
     def wrapper(*args, **kwargs):
         entries.append(1)
         if len(entries) == nth and utils.get_rank() == 0:
-            signal_job(signum)
+            signal_job(int(os.environ['FAULT_ROOT_PID']), signum)
         return original(*args, **kwargs)
 
     setattr(owner, name, wrapper)
