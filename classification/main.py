@@ -257,30 +257,24 @@ def load_finetune_weights(model: torch.nn.Module, path: str, use_ema: Optional[b
     unless --no-use-ema) into a model for another class count and/or input size. Classifier tensors of another
     shape keep their fresh initialisation and buffers the checkpoint lacks keep the model's; anything else that
     does not fit is an error that names the tensors. What was not loaded is logged."""
-    checkpoint = utils.load_checkpoint_file(path)
+    checkpoint = checkpoint_io.load_checkpoint_file(path)
     try:
         state_dict, chosen = checkpoint_io.select_state_dict(checkpoint, use_ema)
     except ValueError as e:
-        raise utils.UserInputError(f'--finetune {path}: {e}') from None
-    utils.check_finite(state_dict, f'--finetune {path}', f'{chosen!r} weights')
+        raise checkpoint_io.CheckpointError(f'--finetune {path}: {e}') from None
+    checkpoint_io.check_finite(state_dict, f'--finetune {path}', f'{chosen!r} weights')
     classifier = model.pretrained_cfg.get('classifier', 'head') + '.'
-    model_state = model.state_dict()
-    buffers = {name for name, _ in model.named_buffers()}
-    shape_errors, missing, unexpected = checkpoint_io.compare_state_dict(state_dict, model)
-    reinitialised = sorted(k for k in state_dict if k in model_state and k.startswith(classifier)
-                           and state_dict[k].shape != model_state[k].shape)
-    shape_errors = [e for e in shape_errors if e.split(':')[0] not in reinitialised]
-    kept_buffers = [k for k in missing if k in buffers]
-    missing = [k for k in missing if k not in buffers]
-    if shape_errors or missing or unexpected:
-        raise utils.UserInputError(
+    mismatch = checkpoint_io.StateDictMismatch.compare(state_dict, model, reinitialise=classifier,
+                                                       keep_model_buffers=True)
+    if mismatch:
+        raise checkpoint_io.CheckpointError(
             f'--finetune {path} does not fit --model {model.pretrained_cfg["architecture"]} (only the classifier '
-            f'{classifier[:-1]} may differ):\n{checkpoint_io.describe_mismatch(shape_errors, missing, unexpected)}')
-    model.load_state_dict({k: v for k, v in state_dict.items() if k not in reinitialised}, strict=False)
-    loaded = len(state_dict) - len(reinitialised)
+            f'{classifier[:-1]} may differ):\n{mismatch}')
+    model.load_state_dict(mismatch.loadable(state_dict), strict=False)
+    loaded = len(state_dict) - len(mismatch.reinitialised)
     utils.logger.info(f'Fine-tuning from the {chosen!r} weights of {path}: loaded {loaded} tensors; not loaded: '
-                      f'{reinitialised or "none"} (re-initialised: another class count)'
-                      + (f', {kept_buffers} (the model\'s buffers)' if kept_buffers else ''))
+                      f'{mismatch.reinitialised or "none"} (re-initialised: another class count)'
+                      + (f', {mismatch.kept_buffers} (the model\'s buffers)' if mismatch.kept_buffers else ''))
 
 
 def mixup_active(args) -> bool:
@@ -415,7 +409,7 @@ def main(args) -> None:
                       flag_names={action.dest: action.option_strings[0] for action in get_args_parser()._actions
                                   if action.option_strings})
     if resume:
-        checkpoint = utils.load_checkpoint_file(resume)
+        checkpoint = checkpoint_io.load_checkpoint_file(resume)
         if not evaluating and all(k in checkpoint for k in ('optimizer', 'lr_scheduler', 'epoch')):
             run.resume(checkpoint, resume)  # the raw weights into the model, the EMA weights into the EMA
         else:  # the checkpoint policy: EMA weights when present, unless --no-use-ema
@@ -477,14 +471,15 @@ def main(args) -> None:
 
 
 def cli(argv: Optional[List[str]] = None) -> int:
-    """The command: run `main`, turn the errors that say what to fix into one `error:` line and an exit status
-    (2: bad input, 3: NaN/inf, 75: stopped on a signal, saved; rerun to resume)."""
+    """The command: run `main`, turn the errors that say what to fix (bad flags or data, a checkpoint that is
+    missing, damaged or does not fit) into one `error:` line and an exit status (2: bad input, 3: NaN/inf,
+    75: stopped on a signal, saved; rerun to resume): the one place they are caught."""
     arguments = parse_args(argv)
     status = 0
     try:
         main(arguments)
-    except (utils.UserInputError, UnreadableImageError) as error:
-        print(f'error: {error}', file=sys.stderr, flush=True)
+    except (utils.UserInputError, UnreadableImageError, checkpoint_io.CheckpointError, FileNotFoundError) as error:
+        print(f'error: {error}', file=sys.stderr, flush=True)  # FileNotFoundError: a named checkpoint
         status = 2
     except NonFiniteLossError as error:
         print(f'error: {error}', file=sys.stderr, flush=True)

@@ -33,7 +33,7 @@ from scalablevit import images
 
 from datasets import UnreadableImageError, build_transform, load_rgb
 from shards import INFO_FILE
-from utils import UserInputError, load_checkpoint_file
+from utils import UserInputError
 
 AMP_DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16}
 OUTPUT_FORMATS = ('.csv', '.json')
@@ -117,7 +117,7 @@ def create_model(args: argparse.Namespace) -> Tuple[torch.nn.Module, Dict[str, A
         except (RuntimeError, OSError, ValueError) as error:
             raise UserInputError(f'--model {args.model} has no weights here ({error}): pass --checkpoint '
                                  f'FILE') from None
-    checkpoint = load_checkpoint_file(args.checkpoint)
+    checkpoint = checkpoint_io.load_checkpoint_file(args.checkpoint)
     try:
         state_dict, chosen = checkpoint_io.select_state_dict(checkpoint, args.use_ema)
         checkpoint_io.check_finite(state_dict, f'checkpoint {args.checkpoint}', f'{chosen!r} weights')
@@ -141,11 +141,10 @@ def create_model(args: argparse.Namespace) -> Tuple[torch.nn.Module, Dict[str, A
     if classifier_weight is not None:
         kwargs['num_classes'] = classifier_weight.shape[0]
     model = timm.create_model(name, **kwargs)
-    shape_errors, missing, unexpected = checkpoint_io.compare_state_dict(state_dict, model)
-    if shape_errors or missing or unexpected:
+    mismatch = checkpoint_io.StateDictMismatch.compare(state_dict, model)
+    if mismatch:
         raise UserInputError(f'checkpoint {args.checkpoint} does not fit {name} (another model or variant? pass the '
-                             f'right --model):\n'
-                             f'{checkpoint_io.describe_mismatch(shape_errors, missing, unexpected)}')
+                             f'right --model):\n{mismatch}')
     model.load_state_dict(state_dict, strict=True)
     return model.eval(), dict(trained, label_names=checkpoint.get('label_names')), chosen
 
@@ -333,6 +332,6 @@ if __name__ == '__main__':
     arguments = get_args_parser().parse_args()
     try:
         main(arguments)
-    except (UserInputError, UnreadableImageError) as error:
+    except (UserInputError, UnreadableImageError, checkpoint_io.CheckpointError, FileNotFoundError) as error:
         print(f'error: {error}', file=sys.stderr, flush=True)
         sys.exit(2)

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from timm.utils import get_state_dict
 
+from scalablevit import checkpoint as checkpoint_io
 from scalablevit.preemption import StopRequest, TrainingStopped, requeue_slurm_job
 
 import utils
@@ -54,8 +55,10 @@ def resolve_resume(args: argparse.Namespace, output_dir: Optional[Path], trainin
                                  f'past it (remove {own} or pick another --output_dir to start from {args.resume})')
         return str(own)
     if args.resume:
-        if not Path(args.resume).is_dir():
-            return args.resume
+        folder = Path(args.resume)
+        if not folder.is_dir() or (not (folder / CHECKPOINT).is_file()
+                                   and (folder / checkpoint_io.HUB_CONFIG_FILE).is_file()):
+            return args.resume  # a file, or a hub folder (config.json + weights)
         candidate = Path(args.resume) / CHECKPOINT
         if candidate.is_file():
             return str(candidate)
@@ -189,7 +192,8 @@ class TrainingRun:
                 utils.load_model_weights(self.model_ema.module, {'model_ema': checkpoint['model_ema']}, source,
                                          use_ema=True)
         if not changes & set(OPTIMIZER_TYPE_FLAGS):
-            utils.check_finite({'optimizer': checkpoint['optimizer']}, f'checkpoint {source}', 'optimizer state')
+            checkpoint_io.check_finite({'optimizer': checkpoint['optimizer']}, f'checkpoint {source}',
+                                       'optimizer state')
             hyperparameters = [{k: v for k, v in group.items() if k != 'params'}
                                for group in self.optimizer.param_groups]
             self.optimizer.load_state_dict(checkpoint['optimizer'])

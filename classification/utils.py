@@ -200,41 +200,24 @@ def lock_output_dir(output_dir: Path) -> run_folder.RunFolderLock:
         raise UserInputError(str(e)) from None
 
 
-def load_checkpoint_file(path: str) -> Dict[str, Any]:
-    """The checkpoint policy's reader (digests checked); a missing, unreadable or altered file is a
-    UserInputError naming it."""
-    try:
-        return checkpoint_io.load_checkpoint_file(path)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserInputError(str(e)) from None
-
-
-def check_finite(tensors: Dict[str, Any], source: str, what: str) -> None:
-    """A UserInputError naming the first tensors with NaN or infinite values (`scalablevit.checkpoint`)."""
-    try:
-        checkpoint_io.check_finite(tensors, source, what)
-    except checkpoint_io.CheckpointError as e:
-        raise UserInputError(str(e)) from None
-
-
 def load_model_weights(model: torch.nn.Module, checkpoint: Dict[str, Any], source: str,
                        use_ema: Optional[bool] = None) -> str:
     """Load model weights from any supported checkpoint layout by the package's checkpoint policy
-    (`scalablevit.checkpoint`: EMA weights when present unless `use_ema=False`), strictly, with an error that
+    (`scalablevit.checkpoint`: EMA weights when present unless `use_ema=False`), strictly; a CheckpointError
     names missing, unexpected and shape-mismatched keys (e.g. a checkpoint for another model or class count).
     Returns which weights were loaded ('model', 'model_ema', ...)."""
     try:
         state_dict, chosen = checkpoint_io.select_state_dict(checkpoint, use_ema)
     except ValueError as e:
-        raise UserInputError(f'checkpoint {source}: {e}') from None
-    check_finite(state_dict, f'checkpoint {source}', f'{chosen!r} weights')
-    shape_errors, missing, unexpected = checkpoint_io.compare_state_dict(state_dict, model)
-    if shape_errors or missing or unexpected:
-        kind = 'another variant?' if shape_errors else 'another model?'
-        raise UserInputError(
+        raise checkpoint_io.CheckpointError(f'checkpoint {source}: {e}') from None
+    checkpoint_io.check_finite(state_dict, f'checkpoint {source}', f'{chosen!r} weights')
+    mismatch = checkpoint_io.StateDictMismatch.compare(state_dict, model)
+    if mismatch:
+        kind = 'another variant?' if mismatch.shape_errors else 'another model?'
+        raise checkpoint_io.CheckpointError(
             f'checkpoint {source} does not fit --model {model.pretrained_cfg["architecture"]} with '
             f'{model.num_classes} classes ({kind} the class count comes from the class folders under '
-            f'--data-path):\n{checkpoint_io.describe_mismatch(shape_errors, missing, unexpected)}')
+            f'--data-path):\n{mismatch}')
     model.load_state_dict(state_dict, strict=True)
     return chosen
 

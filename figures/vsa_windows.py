@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 import scalablevit  # noqa: F401  (registers the models)
 from scalablevit import vsa
-from scalablevit.checkpoint import compare_state_dict, describe_mismatch, load_state_dict
+from scalablevit.checkpoint import StateDictMismatch, load_state_dict
 
 from feature_maps import synthetic_image
 
@@ -169,10 +169,10 @@ def load_weights(model: nn.Module, path: str, use_ema: Optional[bool]) -> None:
             state_dict = family.checkpoint_filter(state_dict, model)
     except (FileNotFoundError, ValueError) as error:  # CheckpointError is a ValueError
         raise SystemExit(f'error: {error}') from None
-    mismatch = compare_state_dict(state_dict, model)
-    if any(mismatch):
+    mismatch = StateDictMismatch.compare(state_dict, model)
+    if mismatch:
         raise SystemExit(f'error: checkpoint {path} does not fit {model.pretrained_cfg["architecture"]}:\n'
-                         f'{describe_mismatch(*mismatch)}')
+                         f'{mismatch}')
     model.load_state_dict(state_dict)
 
 

@@ -49,8 +49,8 @@ from safetensors.torch import save as safetensors_bytes
 __all__ = [
     'RAW_KEYS', 'EMA_KEYS', 'DIGEST_KEY', 'TEMPORARY_PATTERN', 'CheckpointError', 'save_checkpoint',
     'load_checkpoint_file', 'tensor_digests', 'check_finite', 'select_state_dict', 'strip_wrapper_prefixes',
-    'load_state_dict', 'pretrained_overlay', 'read_pretrained_file', 'StateDictMismatch', 'compare_state_dict',
-    'describe_mismatch', 'filter_for_model', 'HUB_CONFIG_FILE', 'HUB_WEIGHT_FILES', 'hub_weights_file',
+    'load_state_dict', 'pretrained_overlay', 'read_pretrained_file', 'StateDictMismatch',
+    'filter_for_model', 'HUB_CONFIG_FILE', 'HUB_WEIGHT_FILES', 'hub_weights_file',
     'is_safetensors_file',
 ]
 
@@ -427,22 +427,6 @@ class StateDictMismatch:
     def loadable(self, state_dict: Mapping[str, Any]) -> Dict[str, Any]:
         """`state_dict` without the re-initialised tensors (for `model.load_state_dict(..., strict=False)`)."""
         return {k: v for k, v in state_dict.items() if k not in self.reinitialised}
-
-
-def compare_state_dict(
-        state_dict: Dict[str, torch.Tensor],
-        model: nn.Module,
-        skip_prefix: Optional[str] = None,
-) -> Tuple[List[str], List[str], List[str]]:
-    """(shape mismatches, missing keys, unexpected keys): `StateDictMismatch.compare` as a tuple, for
-    classification/ until it uses `StateDictMismatch`."""
-    mismatch = StateDictMismatch.compare(state_dict, model, ignore=skip_prefix)
-    return mismatch.shape_errors, mismatch.missing, mismatch.unexpected
-
-
-def describe_mismatch(shape_errors: List[str], missing: List[str], unexpected: List[str], limit: int = 8) -> str:
-    """`str(StateDictMismatch(...))`, for classification/ until it uses `StateDictMismatch`."""
-    return str(StateDictMismatch(shape_errors, missing, unexpected, limit=limit))
 
 
 def filter_for_model(

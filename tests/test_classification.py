@@ -23,6 +23,7 @@ import utils as cls_utils  # noqa: E402
 from make_demo_dataset import make_dataset  # noqa: E402
 
 from helpers import free_port  # noqa: E402
+from scalablevit.checkpoint import CheckpointError  # noqa: E402
 
 TINY_MODEL = ['--model', 'scalable_vit_test', '--input-size', '32']
 FAST = ['--batch-size', '8', '--warmup-epochs', '1', '--lr', '4e-3', '--device', 'cpu']
@@ -171,7 +172,7 @@ def test_eval_follows_the_ema_rule(data, trained, tmp_path, capsys):
     run_in_process(argv)
     out = capsys.readouterr().out
     assert "Loaded the 'model_ema' weights" in out and logged not in out and 'loss 1.386' in out  # zeros: ln 4
-    with pytest.raises(cls_utils.UserInputError, match='has no EMA weights'):
+    with pytest.raises(CheckpointError, match='has no EMA weights'):
         run_in_process([*argv[:-4], '--resume', str(trained / 'checkpoint.pth'), '--num_workers', '0',
                         '--use-ema'])
 
@@ -311,7 +312,7 @@ def test_bad_input_exit_code_and_message(tmp_path):
 
 
 def test_checkpoint_for_another_model_names_keys(data, trained):
-    with pytest.raises(cls_utils.UserInputError, match=r'another variant') as error:
+    with pytest.raises(CheckpointError, match=r'another variant') as error:
         run_in_process(['--model', 'scalable_vit_small', '--device', 'cpu', '--data-path', str(data), '--eval',
                         '--resume', str(trained / 'checkpoint.pth'), '--num_workers', '0'])
     assert 'patch_embeds.0.proj.weight: checkpoint (16, 3, 7, 7) vs model (64, 3, 7, 7)' in str(error.value)
@@ -319,14 +320,14 @@ def test_checkpoint_for_another_model_names_keys(data, trained):
 
 def test_checkpoint_for_another_class_count_names_keys(data, trained, tmp_path):
     root = make_dataset(tmp_path / 'three', num_classes=3, train_per_class=8, val_per_class=2, size=32)
-    with pytest.raises(cls_utils.UserInputError, match='with 3 classes') as error:
+    with pytest.raises(CheckpointError, match='with 3 classes') as error:
         run_in_process([*TINY_MODEL, '--device', 'cpu', '--data-path', str(root), '--eval',
                         '--resume', str(trained / 'checkpoint.pth'), '--num_workers', '0'])
     assert 'head.3.weight: checkpoint (4, 64) vs model (3, 64)' in str(error.value)
 
 
 def test_missing_checkpoint(data):
-    with pytest.raises(cls_utils.UserInputError, match='checkpoint /no/such.pth does not exist'):
+    with pytest.raises(FileNotFoundError, match='checkpoint /no/such.pth does not exist'):
         run_in_process([*TINY_MODEL, '--device', 'cpu', '--data-path', str(data), '--eval',
                         '--resume', '/no/such.pth', '--num_workers', '0'])
 
@@ -360,3 +361,19 @@ def test_plot_logs(trained, tmp_path):
     assert result.returncode == 0, result.stderr
     image = np.asarray(Image.open(tmp_path / 'c.png').convert('L'))
     assert image.shape[1] > 1000 and len(np.unique(image)) > 10
+
+
+def test_eval_and_finetune_read_published_safetensors_and_hub_folders(data, trained, tmp_path, capsys):
+    """tools/publish_checkpoint.py's outputs load where main.py reads checkpoints: --eval --resume of a
+    .safetensors file and of a hub folder give the accuracy of the EMA weights they hold."""
+    sys.path.insert(0, str(CLASSIFICATION.parent / 'tools'))
+    from publish_checkpoint import publish
+    written = publish(str(trained / 'checkpoint.pth'), str(tmp_path / 'tiny'), formats=['safetensors'],
+                      hub_dir=str(tmp_path / 'hub'))
+    safetensors_file = next(Path(p) for p in written if str(p).endswith('.safetensors') and 'hub' not in str(p))
+    argv = [*TINY_MODEL, '--device', 'cpu', '--data-path', str(data), '--eval', '--num_workers', '0']
+    run_in_process([*argv, '--resume', str(trained / 'checkpoint.pth')])
+    expected = capsys.readouterr().out.split('* Acc@1')[1].splitlines()[0]
+    for source in (safetensors_file, tmp_path / 'hub'):
+        run_in_process([*argv, '--resume', str(source)])
+        assert capsys.readouterr().out.split('* Acc@1')[1].splitlines()[0] == expected, source
