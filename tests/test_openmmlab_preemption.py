@@ -31,6 +31,7 @@ from scalablevit.openmmlab.loops import STOP_CHECKPOINT, ResumableBatchSampler  
 from scalablevit.preemption import TrainingStopped  # noqa: E402
 
 from helpers import ROOT, free_port  # noqa: E402
+from test_cluster import slurm  # noqa: E402,F401  (the one-node Slurm cluster fixture)
 
 DETECTION, SEGMENTATION = ROOT / 'detection', ROOT / 'segmentation'
 
@@ -131,13 +132,15 @@ class Record(Hook):
 
 
 def toy_run(work_dir: Path, loop: str, log: List, at: Optional[tuple] = None, resume: bool = False,
-            signum: int = signal.SIGTERM, batch_size: int = 3, seed: Optional[int] = 0, workers: int = 0) -> Runner:
+            signum: int = signal.SIGTERM, batch_size: int = 3, seed: Optional[int] = 0, workers: int = 0,
+            requeue: bool = False) -> Runner:
     """A toy run of 11 samples in batches of 3 (a partial last batch): 3 epochs of 4 iterations, or 10
     iterations; an iteration-based warm-up, a step, a validation and a checkpoint every epoch (every 4
     iterations)."""
     torch.manual_seed(0)
     by_epoch = loop == 'PreemptibleEpochBasedTrainLoop'
-    train_cfg = dict(type=loop, max_epochs=3) if by_epoch else dict(type=loop, max_iters=10, val_interval=4)
+    train_cfg = dict(type=loop, requeue=requeue)
+    train_cfg.update(dict(max_epochs=3) if by_epoch else dict(max_iters=10, val_interval=4))
     sampler = dict(type='DefaultSampler' if by_epoch else 'InfiniteSampler', shuffle=True)
     runner = Runner(
         model=Toy(), work_dir=str(work_dir), experiment_name=f'{work_dir.name}-{time.time_ns()}',
@@ -227,6 +230,16 @@ def test_loader_workers_survive_the_signal_and_are_shut_down(tmp_path, uninterru
     exit, which terminates and joins them)."""
     stopped_log, log, _ = stop_and_resume(tmp_path, loop, at, workers=1)
     assert len(stopped_log) == stop and log == uninterrupted[loop][0]
+
+
+def test_requeue_comes_after_the_stop_checkpoint(tmp_path, monkeypatch):
+    from scalablevit.openmmlab import loops
+    requeued = []
+    monkeypatch.setattr(loops, 'requeue_slurm_job', lambda: requeued.append((tmp_path / STOP_CHECKPOINT).exists()))
+    with use_checkpoint_policy():
+        with pytest.raises(TrainingStopped):
+            toy_run(tmp_path, EPOCHS, [], at=('before_train_iter', 1), requeue=True)
+    assert requeued == [True]
 
 
 def test_a_run_without_a_seed_resumes_its_own_sample_order(tmp_path):
@@ -329,14 +342,14 @@ def finish(process: subprocess.Popen, timeout: int = 900) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('task, processes, signal_after', [('detection', 1, 3), ('detection', 2, 4),
-                                                           ('segmentation', 2, 2)])
+@pytest.mark.parametrize('task, processes, signum, signal_after', [
+    ('detection', 1, signal.SIGTERM, 2), ('detection', 2, signal.SIGUSR1, 4), ('segmentation', 2, signal.SIGTERM, 2)])
 def test_dist_train_stopped_by_a_signal_to_the_process_group_resumes_inside_the_epoch(
-        tmp_path, task, processes, signal_after):
-    """`dist_train.sh` (torchrun) on 1 or 2 processes with a loader worker each; SIGTERM to the whole process
-    group once `signal_after` iterations were trained (mid-epoch); the same command with --resume finishes. Per
-    rank and iteration, the stopped and the resumed run together trained the images of an uninterrupted run at
-    its learning rates, each once, and ended at its iteration count."""
+        tmp_path, task, processes, signum, signal_after):
+    """`dist_train.sh` (torchrun, which forwards the signal to its workers) on 1 or 2 processes with a loader
+    worker each; the signal to the launcher's process group once `signal_after` iterations were trained; the same
+    command with --resume finishes. Per rank and iteration, the stopped and the resumed run together trained the
+    images of an uninterrupted run at its learning rates, each once, and ended at its iteration count."""
     config = demo_with_recorder(task, tmp_path)
     finish(launch(task, config, tmp_path / 'whole', processes, tmp_path))
     whole = read_samples(tmp_path / 'whole', processes)
@@ -347,11 +360,12 @@ def test_dist_train_stopped_by_a_signal_to_the_process_group_resumes_inside_the_
     while time.time() < deadline and process.poll() is None:
         samples = work / 'samples-0.jsonl'
         if samples.exists() and len(samples.read_text().splitlines()) >= signal_after:
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, signum)
             break
         time.sleep(0.05)
     output = process.communicate(timeout=600)[0]
-    assert 'stopped by signal 15' in output and 'Traceback' not in output, output[-3000:]
+    assert output.count(f'stopped by signal {int(signum)} ') == processes, output[-3000:]  # every rank
+    assert output.count('Traceback') == output.count('SignalException: Process'), output[-3000:]  # torchrun's
     assert (work / 'last_checkpoint').read_text().strip() == str(work / STOP_CHECKPOINT)
     stopped = read_samples(work, processes)
     assert signal_after <= len(stopped[0]) < len(whole[0])
@@ -362,3 +376,35 @@ def test_dist_train_stopped_by_a_signal_to_the_process_group_resumes_inside_the_
     assert resumed == whole  # per rank: iterations, lrs and images in order; none twice, none left out
     assert sum(len(line['images']) for rank in resumed for line in rank) == \
         sum(len(line['images']) for rank in whole for line in rank)
+
+
+@pytest.mark.slow
+def test_slurm_train_stopped_by_sigusr1_exits_75_and_resumes_inside_the_epoch(slurm, tmp_path):
+    """`slurm_train.sh` (srun, 2 tasks, which forwards SIGUSR1 to both) stopped mid-epoch: srun exits 75; the same
+    command with --resume trains the remaining batches of the uninterrupted run, each once."""
+    config = demo_with_recorder('detection', tmp_path)
+    env = dict(os.environ, **slurm, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', GPUS='2', GPUS_PER_NODE='2',
+               CPUS_PER_TASK='1', GRES='', PYTHONPATH=f'{tmp_path}{os.pathsep}{os.environ.get("PYTHONPATH", "")}',
+               PATH=f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}')
+
+    def launch_slurm(work: Path, *options) -> subprocess.Popen:
+        return subprocess.Popen(['bash', str(DETECTION / 'slurm_train.sh'), 'debug', 'preempted', str(config),
+                                 str(work), *options], cwd=tmp_path, env=dict(env, MASTER_PORT=str(free_port())),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    finish(launch_slurm(tmp_path / 'whole'))
+    whole = read_samples(tmp_path / 'whole', 2)
+    work = tmp_path / 'work'
+    process = launch_slurm(work)
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        samples = work / 'samples-0.jsonl'
+        if samples.exists() and len(samples.read_text().splitlines()) >= 4:
+            os.killpg(process.pid, signal.SIGUSR1)
+            break
+        time.sleep(0.05)
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 75 and output.count(f'stopped by signal {int(signal.SIGUSR1)} ') == 2, output[-3000:]
+    assert 'Traceback' not in output
+    finish(launch_slurm(work, '--resume'))
+    assert read_samples(work, 2) == whole
