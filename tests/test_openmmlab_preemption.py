@@ -242,6 +242,15 @@ def test_requeue_comes_after_the_stop_checkpoint(tmp_path, monkeypatch):
     assert requeued == [True]
 
 
+def test_train_cfg_loops_become_preemptible():
+    from scalablevit.openmmlab.loops import preemptible_train_cfg
+    assert preemptible_train_cfg(dict(type='EpochBasedTrainLoop', max_epochs=12, val_interval=1), True) == \
+        dict(type=EPOCHS, max_epochs=12, val_interval=1, requeue=True)
+    assert preemptible_train_cfg(dict(by_epoch=False, max_iters=8)) == \
+        dict(type=ITERATIONS, max_iters=8, requeue=False)
+    assert preemptible_train_cfg(dict(type='MyLoop', max_iters=8)) == dict(type='MyLoop', max_iters=8)
+
+
 def test_a_run_without_a_seed_resumes_its_own_sample_order(tmp_path):
     """Without `randomness.seed` every run draws its own seed, and mmengine builds the sampler before it resumes:
     the resumed run takes the stopped run's order, so every epoch still trains each sample once."""

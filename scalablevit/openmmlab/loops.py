@@ -290,13 +290,15 @@ _PREEMPTIBLE = {'EpochBasedTrainLoop': 'PreemptibleEpochBasedTrainLoop',
 
 
 def preemptible_train_cfg(train_cfg: dict, requeue: bool = False) -> dict:
-    """`train_cfg` with mmengine's epoch- or iteration-based loop replaced by its preemptible version (any other
-    loop is an error: it would neither stop with a checkpoint nor continue inside the epoch)."""
+    """`train_cfg` with mmengine's epoch- or iteration-based loop replaced by its preemptible version. Another
+    loop is kept, with a warning: a stop signal then ends the run as it would without this package."""
     train_cfg = dict(train_cfg)
-    loop = train_cfg.pop('type', None)
+    loop = train_cfg.get('type')
     if loop is None:
         loop = 'EpochBasedTrainLoop' if train_cfg.pop('by_epoch', False) else 'IterBasedTrainLoop'
     if loop not in _PREEMPTIBLE and loop not in _PREEMPTIBLE.values():
-        raise ValueError(f'train_cfg type {loop!r}: the drivers train with mmengine\'s EpochBasedTrainLoop or '
-                         'IterBasedTrainLoop, which they make preemptible; use one of those')
+        print_log(f'train_cfg type {loop!r} is not one of mmengine\'s EpochBasedTrainLoop and IterBasedTrainLoop: '
+                  'a stop signal ends the run without a checkpoint, and --resume restarts as the loop does',
+                  logger='current', level=logging.WARNING)
+        return train_cfg
     return dict(train_cfg, type=_PREEMPTIBLE.get(loop, loop), requeue=requeue)

@@ -121,7 +121,8 @@ def train(argv: Optional[List[str]] = None) -> None:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise SystemExit('error: --auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
-    cfg.train_cfg = preemptible_train_cfg(cfg.train_cfg, requeue=args.requeue)
+    if cfg.get('train_cfg'):
+        cfg.train_cfg = preemptible_train_cfg(cfg.train_cfg, requeue=args.requeue)
     if args.tensorboard:
         add_tensorboard(cfg)
     if args.resume == 'auto':
