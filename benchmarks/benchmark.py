@@ -86,6 +86,7 @@ def median_ratio(results: List[Dict], baseline: List[Dict], rate: Callable[[Dict
 def is_package_model(name: str) -> bool:
     """Whether a timm model name is one of this package's models (any input size, FLOPs by get_flops)."""
     import timm
+
     import scalablevit  # noqa: F401  (registers the models)
     return timm.models.model_entrypoint(name).__module__.startswith('scalablevit.')
 

@@ -26,8 +26,8 @@ import os
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 from math import prod
+from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import torch
@@ -67,6 +67,7 @@ def parse_size(text: str) -> Tuple[int, int]:
 def build_backbone(name: str) -> torch.nn.Module:
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
+
     import scalablevit.openmmlab  # noqa: F401  (registers this package's backbones)
     init_default_scope('mmdet')
     return MODELS.build(dict(BACKBONES[name]))

@@ -13,7 +13,6 @@ the same command then resumes at that step and ends bit-identical to an uninterr
 """
 import argparse
 import datetime
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Dict, List, Optional
 
 import timm
 import torch
-import torch.distributed as dist
 from timm.data import resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2

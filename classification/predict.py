@@ -256,7 +256,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, topk: int, device: torch
     an unreadable image stops with its message, or with `skip_bad_images` is named on stderr and left out."""
     results = {}
     start = 0
-    for images, errors in loader:
+    for batch, errors in loader:
         for offset, error in enumerate(errors):
             if error is not None:
                 if not skip_bad_images:
@@ -264,10 +264,10 @@ def predict(model: torch.nn.Module, loader: DataLoader, topk: int, device: torch
                 print(f'skipped: {error}', file=sys.stderr, flush=True)
         indices = [start + offset for offset, error in enumerate(errors) if error is None]
         start += len(errors)
-        if images is None:
+        if batch is None:
             continue
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            logits = model(images.to(device))
+            logits = model(batch.to(device))
         probs, classes = logits.float().softmax(-1).topk(topk, dim=-1)
         for index, row_classes, row_probs in zip(indices, classes.tolist(), probs.tolist()):
             results[index] = (row_classes, row_probs)

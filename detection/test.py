@@ -12,7 +12,10 @@ its detections scoring at least `--show-score-thr` (DIR/NAME.png), as MMDetectio
 from pathlib import Path
 
 from scalablevit.openmmlab.predictions import (
-    DrawTestResultsHook, PublishOutputsHook, metric_configs, prepare_staging_dir,
+    DrawTestResultsHook,
+    PublishOutputsHook,
+    metric_configs,
+    prepare_staging_dir,
 )
 from scalablevit.openmmlab.runner import test
 

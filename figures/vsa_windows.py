@@ -29,13 +29,12 @@ import numpy as np
 import timm
 import torch
 import torch.nn as nn
+from feature_maps import synthetic_image
 from PIL import Image, UnidentifiedImageError
 
 import scalablevit  # noqa: F401  (registers the models)
 from scalablevit import vsa
 from scalablevit.checkpoint import StateDictMismatch, load_state_dict
-
-from feature_maps import synthetic_image
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)

@@ -16,7 +16,8 @@ interpolation, mean/std and license). `FAMILIES` lists them in import order; the
 classification script, the tools and the shared test suite read it and name no family. Adding one:
 docs/adding_a_family.md.
 """
-from .family import FAMILIES, ModelFamily, family_of, register_family, train_recipe
+# not sorted: the families register in import order, which scalablevit.FAMILIES, the model zoo and the tools keep
+from .family import FAMILIES, ModelFamily, family_of, register_family, train_recipe  # noqa: I001
 from .scalable_vit import ScalableViT, checkpoint_filter_fn
 from .swin_vsa import SwinTransformerVSA
 from .vitae_vsa import ViTAEv2VSA

@@ -32,8 +32,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
-    DropPath, Mlp, calculate_drop_path_rates, get_device_dtype, register_notrace_function, register_notrace_module,
-    trunc_normal_, use_fused_attn,
+    DropPath,
+    Mlp,
+    calculate_drop_path_rates,
+    get_device_dtype,
+    register_notrace_function,
+    register_notrace_module,
+    trunc_normal_,
+    use_fused_attn,
 )
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -42,7 +48,10 @@ from .checkpoint import filter_for_model, read_pretrained_file
 from .family import ModelFamily, register_family
 from .layers import check_input_size
 from .vsa import (
-    check_finite_regression, gather_relative_position_bias, padded_projection, relative_position_index,
+    check_finite_regression,
+    gather_relative_position_bias,
+    padded_projection,
+    relative_position_index,
     varied_size_window_attention,
 )
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Tuple
 
 import numpy as np
+from make_demo_ade import draw_example
 from PIL import Image
 
-from make_demo_ade import draw_example
 from scalablevit.demo_data import demo_dataset_main
 
 # make_demo_ade's labels (0 unlabelled, 1 background, 2..4 shapes) -> Cityscapes train ids

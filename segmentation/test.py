@@ -12,7 +12,10 @@ test image with its ground truth beside its prediction (DIR/NAME.png), as MMSegm
 from pathlib import Path
 
 from scalablevit.openmmlab.predictions import (
-    DrawTestResultsHook, PublishOutputsHook, metric_configs, prepare_staging_dir,
+    DrawTestResultsHook,
+    PublishOutputsHook,
+    metric_configs,
+    prepare_staging_dir,
 )
 from scalablevit.openmmlab.runner import test
 

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 import scalablevit
-from helpers import ROOT, relative_error
 from scalablevit import layers, vsa
 from scalablevit.layers import attend, key_padding_mask
+
+from helpers import ROOT, relative_error
 
 FAMILIES = list(scalablevit.FAMILIES)
 HALF_DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16}

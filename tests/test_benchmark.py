@@ -99,8 +99,9 @@ def test_dense_work_counts_attention_inside_sdpa(model):
     """The benchmark counts the fused path's work as the explicit path's: attention inside SDPA included, the
     zero padding of SSA's narrower value width left out; mmengine alone would count nothing for SDPA."""
     pytest.importorskip('mmdet')
-    import dense
     from mmengine.analysis import FlopAnalyzer
+
+    import dense
     args = argparse.Namespace(model=model, size='224x224')
     fused = dense.count_work(args)
 

@@ -17,13 +17,13 @@ from PIL import Image
 CLASSIFICATION = Path(__file__).resolve().parents[1] / 'classification'
 sys.path.insert(0, str(CLASSIFICATION))
 
+from scalablevit.checkpoint import CheckpointError  # noqa: E402
+
 import datasets as cls_datasets  # noqa: E402
 import main as cls_main  # noqa: E402
 import utils as cls_utils  # noqa: E402
-from make_demo_dataset import make_dataset  # noqa: E402
-
 from helpers import free_port  # noqa: E402
-from scalablevit.checkpoint import CheckpointError  # noqa: E402
+from make_demo_dataset import make_dataset  # noqa: E402
 
 TINY_MODEL = ['--model', 'scalable_vit_test', '--input-size', '32']
 FAST = ['--batch-size', '8', '--warmup-epochs', '1', '--lr', '4e-3', '--device', 'cpu']

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from scalablevit.preemption import StopRequest
+
 from helpers import ROOT, free_port, signal_job
 from test_cluster import slurm  # noqa: F401  (its one-node Slurm cluster)
-from scalablevit.preemption import StopRequest
 
 CLASSIFICATION = ROOT / 'classification'
 sys.path.insert(0, str(CLASSIFICATION))

@@ -17,7 +17,8 @@ DETECTION = ROOT / 'detection'
 sys.path.insert(0, str(DETECTION))
 sys.path.insert(0, str(ROOT / 'tools'))
 from make_demo_coco import make_dataset  # noqa: E402
-from paper import param_tolerance, paper_params, reference_params  # noqa: E402
+
+from paper import paper_params, param_tolerance, reference_params  # noqa: E402
 
 PAPER_PARAMS = paper_params('detection/configs/')  # the paper's Table 3, in millions
 
@@ -33,7 +34,8 @@ def build_detector(config: Path):
 def test_config_parameter_count_matches_paper(name):
     cfg, model = build_detector(DETECTION / 'configs' / f'{name}.py')
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    assert abs(params - PAPER_PARAMS[name]) <= param_tolerance(name), f'{name}: {params:.2f} M vs paper {PAPER_PARAMS[name]}'
+    assert abs(params - PAPER_PARAMS[name]) <= param_tolerance(name), \
+        f'{name}: {params:.2f} M vs paper {PAPER_PARAMS[name]}'
 
 
 @pytest.mark.parametrize('name', sorted(PAPER_PARAMS))
@@ -106,8 +108,8 @@ def run(args, cwd):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['retinanet_scalablevit-test_fpn_demo-coco', 'mask-rcnn_scalablevit-test_fpn_demo-coco',
-                                  'mask-rcnn_swin-vsa-test_fpn_demo-coco', 'mask-rcnn_scopevit-test_fpn_demo-coco',
+@pytest.mark.parametrize('name', ['retinanet_scalablevit-test_fpn_demo-coco',
+                                  'mask-rcnn_scalablevit-test_fpn_demo-coco', 'mask-rcnn_swin-vsa-test_fpn_demo-coco', 'mask-rcnn_scopevit-test_fpn_demo-coco',
                                   'mask-rcnn_vitaev2-vsa-test_fpn_demo-coco'])
 def test_train_resume_test_and_demo_on_cpu(tmp_path, name):
     """Train two epochs on a generated COCO dataset, resume for a third, evaluate with the COCO metric

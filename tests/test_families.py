@@ -12,6 +12,7 @@ from timm.models import group_parameters
 from timm.models._manipulate import reinit_non_persistent_buffers
 
 import scalablevit
+
 from helpers import (
     ROOT,
     assert_compiles_to_one_graph,
@@ -377,8 +378,9 @@ def test_a_fifth_family_is_picked_up_by_main_py():
 
 
 def test_a_fifth_family_gets_its_openmmlab_backbone(backbones):
-    import toy_family
     from mmdet.registry import MODELS
+
+    import toy_family
     backbone = MODELS.build(dict(type='ToyNetBackbone', out_indices=(0, 2)))  # its default arch
     assert isinstance(backbone, toy_family.ToyNet) and type(backbone) is backbones['ToyNetBackbone']
     assert [o.shape[1] for o in backbone(torch.randn(1, 3, *SIZE))] == [16, 64]

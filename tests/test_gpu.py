@@ -14,11 +14,12 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from test_amp import SIZES, TOLERANCES, default_size, outputs_and_gradients, perturb_window_regressors
 
 import scalablevit
-from helpers import ROOT, free_port, relative_error, run_command
 from scalablevit import layers
-from test_amp import SIZES, TOLERANCES, default_size, outputs_and_gradients, perturb_window_regressors
+
+from helpers import ROOT, free_port, relative_error, run_command
 
 pytestmark = pytest.mark.gpu
 

@@ -3,9 +3,10 @@ padding-mask builder of every family; the families' goldens run on every path to
 import pytest
 import torch
 
-from helpers import ATTENTION_PATHS, select_attention_path
 from scalablevit import layers
 from scalablevit.layers import attend, key_padding_mask, sdpa_equal_widths, sdpa_is_faster
+
+from helpers import ATTENTION_PATHS, select_attention_path
 
 
 def reference_attention(q, k, v, scale, bias=None, mask=None):

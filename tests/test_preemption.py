@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, free_port
 from scalablevit.preemption import StopRequest
+
+from helpers import ROOT, free_port
 
 CLASSIFICATION = ROOT / 'classification'
 sys.path.insert(0, str(CLASSIFICATION))

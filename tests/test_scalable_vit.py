@@ -7,6 +7,8 @@ import timm.optim
 import torch
 from timm.layers import set_scriptable
 
+from scalablevit.scalable_vit import min_input_size, window_attention
+
 from helpers import (
     ATTENTION_PATHS,
     VARIANTS,
@@ -19,7 +21,6 @@ from helpers import (
     relative_error,
     select_attention_path,
 )
-from scalablevit.scalable_vit import min_input_size, window_attention
 
 MAX_RELATIVE_ERROR = 1e-5
 BATCH = 2

@@ -17,7 +17,8 @@ SEGMENTATION = ROOT / 'segmentation'
 sys.path.insert(0, str(SEGMENTATION))
 sys.path.insert(0, str(ROOT / 'tools'))
 from make_demo_ade import make_dataset  # noqa: E402
-from paper import param_tolerance, paper_params, reference_params  # noqa: E402
+
+from paper import paper_params, param_tolerance, reference_params  # noqa: E402
 
 PAPER_PARAMS = paper_params('segmentation/configs/')  # the paper's Table 4, in millions
 
@@ -160,14 +161,14 @@ def test_aug_test_flag_builds_multiscale_flip_tta():
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     cfg = Config.fromfile(str(SEGMENTATION / 'configs' / 'upernet_scalablevit-s_8xb2-160k_ade20k-512x512.py'))
-    script.adjust_config(cfg, argparse.Namespace(eval=['mIoU', 'mDice'], aug_test=True))
+    script.adjust_config(cfg, argparse.Namespace(eval=['mIoU', 'mDice'], aug_test=True, out=None, show_dir=None))
     assert cfg.model.type == 'SegTTAModel' and cfg.model.module.type == 'EncoderDecoder'
     scales, flips = cfg.test_dataloader.dataset.pipeline[1].transforms[:2]
     assert [t.scale_factor for t in scales] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
     assert sorted(t.prob for t in flips) == [0., 1.]
     assert cfg.test_evaluator.iou_metrics == ['mIoU', 'mDice']
     with pytest.raises(SystemExit, match='unknown --eval metric'):
-        script.adjust_config(cfg, argparse.Namespace(eval=['bbox'], aug_test=False))
+        script.adjust_config(cfg, argparse.Namespace(eval=['bbox'], aug_test=False, out=None, show_dir=None))
 
 
 def test_demo_dataset_follows_ade20k_conventions(tmp_path):

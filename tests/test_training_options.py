@@ -10,14 +10,14 @@ import pytest
 import torch
 from timm.utils import random_seed
 
-from helpers import ROOT, free_port, run_command
 from scalablevit.checkpoint import CheckpointError
+
+from helpers import ROOT, free_port, run_command
 
 CLASSIFICATION = ROOT / 'classification'
 sys.path.insert(0, str(CLASSIFICATION))
 
 import main as cls_main  # noqa: E402
-import utils as cls_utils  # noqa: E402
 from make_demo_dataset import make_dataset  # noqa: E402
 
 TINY = ['--model', 'scalable_vit_test', '--input-size', '32', '--device', 'cpu', '--num_workers', '0',

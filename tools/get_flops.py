@@ -51,6 +51,7 @@ def build(target: str, shape: Tuple[int, int]) -> Tuple[nn.Module, nn.Module, to
     task = task_of(target)
     if task == 'classification':
         import timm
+
         import scalablevit  # noqa: F401  (registers the models)
         model = timm.create_model(target).eval()
         return model, model, images
@@ -77,6 +78,7 @@ def default_shape(target: str) -> Tuple[int, int]:
     if task != 'classification':
         return DEFAULT_SHAPE[task]
     import timm
+
     import scalablevit  # noqa: F401  (registers the models)
     return tuple(timm.models.get_pretrained_cfg(target).input_size[1:])
 

@@ -14,12 +14,13 @@ CLASSIFICATION = Path(__file__).resolve().parents[2] / 'classification'
 sys.path.insert(0, str(CLASSIFICATION))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 import engine  # noqa: E402
-from helpers import signal_job  # noqa: E402
 import main  # noqa: E402
 import run_state  # noqa: E402
-import torch  # noqa: E402
 import utils  # noqa: E402
+from helpers import signal_job  # noqa: E402
 
 # phase: (module, attribute) whose call marks it
 PHASES = {

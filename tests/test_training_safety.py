@@ -1,4 +1,4 @@
-"""Nothing silently wrong (issue 26): checkpoint integrity, one run per output folder, what a resume keeps, and
+"""Nothing silently wrong in training runs: checkpoint integrity, one run per output folder, what a resume keeps, and
 images converted as they are. Each test is a probe that used to end with exit 0 and a wrong result."""
 import argparse
 import json
