@@ -325,7 +325,8 @@ def test_tensorboard_flag_writes_the_logged_scalars(tmp_path, monkeypatch):
     work = tmp_path / 'work'
     train([str(SEGMENTATION / 'configs' / 'demo' / 'fpn_scalablevit-test_demo-ade.py'), '--work-dir', str(work),
            '--tensorboard', '--cfg-options', 'train_cfg.max_iters=3', 'train_cfg.val_interval=10',
-           'default_hooks.logger.interval=1', 'default_hooks.checkpoint.interval=10'])
+           'default_hooks.logger.interval=1', 'default_hooks.checkpoint.interval=10',
+           f'visualizer.name={tmp_path.name}'])  # mmengine reuses a visualizer of the same name in a process
     (events,) = work.glob('*/vis_data/events.out.tfevents.*')
     logged = [json.loads(line) for line in (events.parent / 'scalars.json').read_text().splitlines()]
     accumulator = EventAccumulator(str(events.parent))
