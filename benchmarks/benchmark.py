@@ -225,7 +225,7 @@ def loader_throughput(data_path: str, batch_size: int, workers: int, batches: in
     main.py's training loader: an ImageFolder, or with `shards` WebDataset shards (`--dataset wds`)."""
     sys.path.insert(0, str(ROOT / 'classification'))
     import main as cls_main
-    from datasets import build_dataset
+    from image_data import build_dataset
     from shards import build_shard_split
     args = cls_main.parse_args(['--data-path', data_path, '--batch-size', str(batch_size), '--num_workers',
                                 str(workers), '--dataset', 'wds' if shards else 'folder'])

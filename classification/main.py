@@ -32,8 +32,8 @@ from scalablevit.distributed import close_process_group
 from scalablevit.preemption import EXIT_STOPPED, TrainingStopped, ignore_stop_signals
 
 import utils
-from datasets import UnreadableImageError, build_dataset
 from engine import NonFiniteLossError, StepMixup, TrainStep, evaluate, throughput, train_one_epoch
+from image_data import UnreadableImageError, build_dataset
 from run_state import TrainingRun, resolve_resume
 from sampler import EpochOrder, SeededSamples
 from shards import ShardSplit, build_shard_split

@@ -31,7 +31,7 @@ import scalablevit  # noqa: F401  (registers the models in timm)
 from scalablevit import checkpoint as checkpoint_io
 from scalablevit import images
 
-from datasets import UnreadableImageError, build_transform, load_rgb
+from image_data import UnreadableImageError, build_transform, load_rgb
 from shards import INFO_FILE
 from utils import UserInputError
 

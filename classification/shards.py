@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from datasets import UnreadableImageError, build_transform, to_rgb
+from image_data import UnreadableImageError, build_transform, to_rgb
 from sampler import augmentation_seed, sample_seeds
 from utils import UserInputError
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(CLASSIFICATION))
 
 from scalablevit.checkpoint import CheckpointError  # noqa: E402
 
-import datasets as cls_datasets  # noqa: E402
+import image_data as cls_datasets  # noqa: E402
 import main as cls_main  # noqa: E402
 import utils as cls_utils  # noqa: E402
 from helpers import free_port  # noqa: E402

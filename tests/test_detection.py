@@ -109,8 +109,8 @@ def run(args, cwd):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['retinanet_scalablevit-test_fpn_demo-coco',
-                                  'mask-rcnn_scalablevit-test_fpn_demo-coco', 'mask-rcnn_swin-vsa-test_fpn_demo-coco', 'mask-rcnn_scopevit-test_fpn_demo-coco',
-                                  'mask-rcnn_vitaev2-vsa-test_fpn_demo-coco'])
+                                  'mask-rcnn_scalablevit-test_fpn_demo-coco', 'mask-rcnn_swin-vsa-test_fpn_demo-coco',
+                                  'mask-rcnn_scopevit-test_fpn_demo-coco', 'mask-rcnn_vitaev2-vsa-test_fpn_demo-coco'])
 def test_train_resume_test_and_demo_on_cpu(tmp_path, name):
     """Train two epochs on a generated COCO dataset, resume for a third, evaluate with the COCO metric
     through test.py (old `--eval` spelling), and draw the detections with demo.py."""

@@ -22,7 +22,7 @@ from helpers import ROOT, TINY_MODEL, create_tiny
 CLASSIFICATION = ROOT / 'classification'
 sys.path.insert(0, str(CLASSIFICATION))
 
-import datasets as cls_datasets  # noqa: E402
+import image_data as cls_datasets  # noqa: E402
 import main as cls_main  # noqa: E402
 import utils as cls_utils  # noqa: E402
 from make_demo_dataset import make_dataset  # noqa: E402
