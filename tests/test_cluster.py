@@ -250,5 +250,5 @@ def test_detection_killed_mid_epoch_resumes(tmp_path):
     result = run_command([str(DETECTION / 'train.py'), config, '--work-dir', work, '--resume',
                           '--cfg-options', 'train_cfg.max_epochs=2'], cwd=tmp_path, timeout=900)
     log = result.stdout + result.stderr
-    assert f'resuming from the newest checkpoint, {work / "epoch_1.pth"}' in log
+    assert f'resuming from the checkpoint written last, {work / "epoch_1.pth"}' in log
     assert 'resumed epoch: 1' in log and (work / 'epoch_2.pth').exists()
