@@ -22,7 +22,10 @@ except ImportError as error:
 from .backbone import BACKBONES, DenseBackboneMixin, backbone_class, register_backbone
 from .checks import DataCheckHook
 from .compat import (
-    CPUDistributedDataParallel, allow_mmengine_checkpoints, prepare_cpu_distributed, use_checkpoint_policy,
+    CPUDistributedDataParallel,
+    allow_mmengine_checkpoints,
+    prepare_cpu_distributed,
+    use_checkpoint_policy,
 )
 from .loops import PreemptibleEpochBasedTrainLoop, PreemptibleIterBasedTrainLoop, ResumableBatchSampler
 
