@@ -282,7 +282,7 @@ def test_dist_eval_with_fewer_validation_shards_than_ranks(tmp_path):
 
 
 @pytest.mark.slow
-def test_srun_tasks_stop_on_usr1_and_requeue(slurm, data, tmp_path):
+def test_srun_tasks_stop_on_usr1_and_requeue(slurm, data, tmp_path):  # noqa: F811 (the imported fixture)
     """The recommended Slurm launch, `srun` one task per GPU: `scancel --signal=USR1` (what `--signal=USR1@T`
     sends before the time limit) reaches every task; they save, rank 0 runs `scontrol requeue` (--requeue) and
     every task exits 75; the same srun command then finishes the run."""
