@@ -1,4 +1,4 @@
-"""Nothing silently wrong in detection/ and segmentation/ (issue 26): checkpoints written atomically with digests
+"""Nothing silently wrong in detection/ and segmentation/: checkpoints written atomically with digests
 and read by the checkpoint policy, test.py strict about the checkpoint, class counts and label values checked
 before the first step, COCO files validated before pycocotools, one training run per work dir."""
 import json
