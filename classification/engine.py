@@ -206,7 +206,8 @@ def train_one_epoch(
         if stopping:
             return {name: meter.global_avg for name, meter in metric_logger.meters.items()}, True
     metric_logger.synchronize_between_processes()
-    utils.logger.info(f'Averaged stats: {metric_logger}')
+    if len(steps):  # a resumed epoch may have no whole global batch left in another layout
+        utils.logger.info(f'Averaged stats: {metric_logger}')
     return {name: meter.global_avg for name, meter in metric_logger.meters.items()}, False
 
 

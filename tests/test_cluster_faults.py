@@ -313,3 +313,17 @@ def test_srun_tasks_stop_on_usr1_and_requeue(slurm, data, tmp_path):  # noqa: F8
     rerun = subprocess.run(srun, cwd=CLASSIFICATION, capture_output=True, text=True, env=env, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert [r['epoch'] for r in log_records(tmp_path / 'out')] == [0, 1]
+
+
+def test_resumed_epoch_without_a_whole_global_batch_left(data, tmp_path, monkeypatch):
+    """Stopped 7 steps into an 8-step epoch (batch 8), resumed with batch 16 (--override-resume): the 8 samples
+    left are no whole global batch, so the epoch ends at once and the next one trains as usual."""
+    common = [*TINY, '--data-path', str(data), '--output_dir', str(tmp_path), '--epochs', '2', '--num_workers', '0']
+    calls = []
+    monkeypatch.setattr(StopRequest, 'agreed', lambda self: calls.append(1) or len(calls) == 7)
+    with pytest.raises(cls_main.TrainingStopped, match='in epoch 0'):
+        train_in_process([*common, '--batch-size', '8'])
+    assert torch.load(tmp_path / 'checkpoint.pth', weights_only=True)['mid_epoch']['samples'] == 56
+    monkeypatch.undo()
+    train_in_process([*common, '--batch-size', '16', '--override-resume'])
+    assert [r['epoch'] for r in log_records(tmp_path)] == [0, 1]
