@@ -1,8 +1,6 @@
 """Training where users train: the Slurm launchers of all three tasks on a real one-node Slurm cluster started
 here, and the srun rendezvous. (The legacy `torch.distributed.launch --use_env` command: test_classification.py.)"""
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,69 +11,8 @@ import pytest
 from helpers import ROOT, free_port, run_command
 
 CLASSIFICATION, DETECTION, SEGMENTATION = ROOT / 'classification', ROOT / 'detection', ROOT / 'segmentation'
-SLURM_DAEMONS = ('slurmctld', 'slurmd', 'srun', 'scontrol', 'sinfo')
 TINY_TRAINING = ['--model', 'scalable_vit_test', '--input-size', '32', '--batch-size', '8', '--warmup-epochs', '1',
                  '--lr', '4e-3', '--device', 'cpu']
-
-
-@pytest.fixture(scope='session')
-def slurm(tmp_path_factory):
-    """A private one-node Slurm cluster (slurmctld + slurmd, no munge: auth/none) on free ports; yields the
-    environment under which `srun` submits to it. Skips where Slurm is not installed or not root."""
-    if os.geteuid() != 0 or not all(shutil.which(name) for name in SLURM_DAEMONS):
-        pytest.skip('needs root and Slurm (Debian/Ubuntu: apt-get install slurm-wlm) for a one-node cluster')
-    root = tmp_path_factory.mktemp('slurm')
-    host = socket.gethostname().split('.')[0]
-    for folder in ('state', 'spool'):
-        (root / folder).mkdir()
-    (root / 'slurm.conf').write_text(f"""\
-ClusterName=test
-SlurmctldHost={host}(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/none
-CredType=cred/none
-ProctrackType=proctrack/pgid
-TaskPlugin=task/none
-SwitchType=switch/none
-MpiDefault=none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SlurmctldPort={free_port()}
-SlurmdPort={free_port()}
-StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
-SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
-SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
-ReturnToService=2
-KillWait=10
-NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
-""")
-    env = dict(os.environ, SLURM_CONF=str(root / 'slurm.conf'))
-    daemons = [subprocess.Popen([name, '-D', '-f', env['SLURM_CONF']] + (['-c'] if name == 'slurmctld' else []),
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-               for name in ('slurmctld', 'slurmd')]
-    try:
-        deadline = time.time() + 60
-        state = ''
-        while time.time() < deadline:
-            state = subprocess.run(['sinfo', '-h', '-o', '%T'], env=env, capture_output=True, text=True).stdout
-            if state.strip() == 'idle':
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail(f'the Slurm node did not come up ({state!r}); see {root}/slurmd.log')
-        yield {'SLURM_CONF': env['SLURM_CONF']}
-    finally:
-        for daemon in daemons:
-            daemon.terminate()
-        for daemon in daemons:
-            daemon.wait(timeout=30)
 
 
 def venv_path() -> str:

@@ -17,7 +17,6 @@ import torch
 from scalablevit.preemption import StopRequest
 
 from helpers import ROOT, free_port, signal_job
-from test_cluster import slurm  # noqa: F401  (its one-node Slurm cluster)
 
 CLASSIFICATION = ROOT / 'classification'
 sys.path.insert(0, str(CLASSIFICATION))
@@ -282,7 +281,7 @@ def test_dist_eval_with_fewer_validation_shards_than_ranks(tmp_path):
 
 
 @pytest.mark.slow
-def test_srun_tasks_stop_on_usr1_and_requeue(slurm, data, tmp_path):  # noqa: F811 (the imported fixture)
+def test_srun_tasks_stop_on_usr1_and_requeue(slurm, data, tmp_path):
     """The recommended Slurm launch, `srun` one task per GPU: `scancel --signal=USR1` (what `--signal=USR1@T`
     sends before the time limit) reaches every task; they save, rank 0 runs `scontrol requeue` (--requeue) and
     every task exits 75; the same srun command then finishes the run."""
@@ -295,15 +294,16 @@ def test_srun_tasks_stop_on_usr1_and_requeue(slurm, data, tmp_path):  # noqa: F8
                PATH=f'{fake.parent}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}')
     args = [*TINY, '--data-path', str(data), '--output_dir', str(tmp_path / 'out'), '--epochs', '2',
             '--num_workers', '1', '--batch-size', '4', '--requeue']
-    srun = ['srun', '-n', '2', '-N', '1', '--kill-on-bad-exit=1', sys.executable, 'main.py', *args]
+    name = f'faults-{os.getpid()}'  # this test's job among any others the cluster still lists
+    srun = ['srun', '-n', '2', '-N', '1', f'--job-name={name}', '--kill-on-bad-exit=1', sys.executable, 'main.py',
+            *args]
     process = subprocess.Popen(srun, cwd=CLASSIFICATION, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=env)
     lines = []
     for line in process.stdout:
         lines.append(line)
         if 'Epoch: [0] [0/' in line:
-            jobs = subprocess.run(['squeue', '-h', '-o', '%i'], capture_output=True, text=True, env=env).stdout
-            subprocess.run(['scancel', '--signal=USR1', jobs.split()[0]], check=True, env=env)
+            subprocess.run(['scancel', '--signal=USR1', f'--name={name}'], check=True, env=env)
             break
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == EXIT_STOPPED, stderr[-3000:]

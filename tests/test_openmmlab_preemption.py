@@ -31,7 +31,6 @@ from scalablevit.openmmlab.loops import STOP_CHECKPOINT, ResumableBatchSampler  
 from scalablevit.preemption import TrainingStopped  # noqa: E402
 
 from helpers import ROOT, free_port  # noqa: E402
-from test_cluster import slurm  # noqa: E402,F401  (the one-node Slurm cluster fixture)
 
 DETECTION, SEGMENTATION = ROOT / 'detection', ROOT / 'segmentation'
 
@@ -388,7 +387,7 @@ def test_dist_train_stopped_by_a_signal_to_the_process_group_resumes_inside_the_
 
 
 @pytest.mark.slow
-def test_slurm_train_stopped_by_sigusr1_exits_75_and_resumes_inside_the_epoch(slurm, tmp_path):  # noqa: F811
+def test_slurm_train_stopped_by_sigusr1_exits_75_and_resumes_inside_the_epoch(slurm, tmp_path):
     """`slurm_train.sh` (srun, 2 tasks, which forwards SIGUSR1 to both) stopped mid-epoch: srun exits 75; the same
     command with --resume trains the remaining batches of the uninterrupted run, each once."""
     config = demo_with_recorder('detection', tmp_path)
