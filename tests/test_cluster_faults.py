@@ -198,7 +198,8 @@ def environment():
 def launch(processes: int, args: list) -> list:
     launcher = [sys.executable]
     if processes > 1:
-        launcher += ['-m', 'torch.distributed.run', f'--nproc_per_node={processes}', f'--master_port={free_port()}']
+        launcher += ['-m', 'torch.distributed.run', f'--nproc_per_node={processes}', f'--master_port={free_port()}',
+                     '--shutdown-timeout', '120']  # time for stopping workers on a busy 2-core machine
     return [*launcher, 'main.py', *args]
 
 
@@ -306,8 +307,10 @@ def test_srun_tasks_stop_on_usr1_and_requeue(slurm, data, tmp_path):
             subprocess.run(['scancel', '--signal=USR1', f'--name={name}'], check=True, env=env)
             break
     stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == EXIT_STOPPED, stderr[-3000:]
-    assert 'stopped by signal' in stderr and calls.read_text().startswith('requeue ')
+    # every task saves and exits 75; srun reports 75, or 143 when --kill-on-bad-exit ended a task after the first
+    # one's exit (its checkpoint and requeue were done before the ranks' last barrier)
+    assert process.returncode in (EXIT_STOPPED, 143), stderr[-3000:]
+    assert 'stopped by signal 10 in epoch 0' in stderr and calls.read_text().startswith('requeue ')
     assert torch.load(tmp_path / 'out' / 'checkpoint.pth', weights_only=True)['mid_epoch']['epoch'] == 0
     env['MASTER_PORT'] = str(free_port())
     rerun = subprocess.run(srun, cwd=CLASSIFICATION, capture_output=True, text=True, env=env, timeout=600)

@@ -78,8 +78,10 @@ def command(script: Path, processes: int, arguments: list) -> list:
     if processes == 1:
         return [sys.executable, str(script), *arguments]
     # the recommended torchrun: it forwards SIGUSR1 too (its default handles SIGTERM, SIGINT, SIGHUP, SIGQUIT)
+    # (and waits up to 120 s, not 30, for its stopping workers: CI's 2 cores may be busy with other processes)
     return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
-            '--signals-to-handle', 'SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1', str(script), *arguments]
+            '--signals-to-handle', 'SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1', '--shutdown-timeout', '120',
+            str(script), *arguments]
 
 
 def run(cmd: list, cwd: Path) -> subprocess.CompletedProcess:
