@@ -3,9 +3,11 @@
 Two runs writing the same folder interleave their logs and overwrite (or delete) each other's checkpoints, so a
 training run takes an exclusive advisory lock (`fcntl.flock`) on FOLDER/run.lock before it writes anything. The
 kernel releases the lock when the process ends, however it ends (kill -9 included), so a stale lock never blocks
-a restart. A second run on the folder stops at once with an error naming the process that holds it. Only the
-lock holder removes the temporary files that a killed run's checkpoint writes left behind, and it first checks
-that it can write in the folder, so a read-only folder fails before the first training step, not after it.
+a restart. A flock belongs to the open file, which forked children (data-loader workers) share: each closes its
+copy right after the fork, so workers that outlive a killed run by a few seconds do not keep its folder locked.
+A second run on the folder stops at once with an error naming the process that holds it. Only the lock holder
+removes the temporary files that a killed run's checkpoint writes left behind, and it first checks that it can
+write in the folder, so a read-only folder fails before the first training step, not after it.
 
 The lock is only as good as the filesystem's flock: on Lustre it needs the `flock` mount option (`localflock`
 locks within one node only; `noflock` refuses locks, and the run stops saying so); NFS with `local_lock=flock`
@@ -42,9 +44,13 @@ class RunFolderLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the flock
+            os.close(self._fd)  # closing the last descriptor of the open file releases the flock
             self._fd = None
             _held.pop(str(self.folder), None)
+
+    def _forget_in_child(self) -> None:
+        """In a forked child: close the inherited descriptor, so the lock ends with the process that took it."""
+        self.release()
 
 
 def _holder(lock_path: Path) -> str:
@@ -113,4 +119,5 @@ def lock_run_folder(folder: Union[str, Path], files_to_append: Iterable[str] = (
     for tmp in folder.glob(TEMPORARY_PATTERN):
         tmp.unlink(missing_ok=True)
     _held[str(folder)] = lock
+    os.register_at_fork(after_in_child=lock._forget_in_child)
     return lock

@@ -207,6 +207,37 @@ def test_second_run_on_a_folder_stops_at_once_naming_the_holder(data, tmp_path):
     lock.release()
 
 
+KILLED_HOLDER = """
+import os, signal, sys, time
+from scalablevit.run_folder import lock_run_folder
+lock_run_folder(sys.argv[1])
+child = os.fork()  # a data-loader worker, say, that outlives its killed parent by a while
+if child == 0:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1), os.dup2(devnull, 2)  # let the test's pipes close
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_runs_forked_workers_do_not_keep_its_folder_locked(tmp_path):
+    """kill -9 of a run whose loader workers live on a few seconds more: the restart takes the folder at once
+    (the workers used to hold the flock they inherited, and the restart stopped with 'in use by another run')."""
+    out = tmp_path / 'run'
+    result = subprocess.run([sys.executable, '-c', KILLED_HOLDER, str(out)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert result.returncode == -9, result.stderr
+    worker = int(result.stdout)
+    try:
+        os.kill(worker, 0)  # the orphaned worker still lives
+        lock = lock_run_folder(out)
+        lock.release()
+    finally:
+        os.kill(worker, 9)
+
+
 @pytest.mark.slow
 def test_two_training_commands_on_one_folder(data, tmp_path):
     """Two runs started on the same --output_dir (both used to exit 0, logging every epoch twice): the second
