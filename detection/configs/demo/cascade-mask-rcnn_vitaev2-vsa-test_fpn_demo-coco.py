@@ -7,7 +7,7 @@ _base_ = ['../vitae_vsa/cascade-mask-rcnn_vitaev2-s-vsa_fpn_4conv1fc-giou_ms-cro
 # a list in a config replaces its base list: the three stages' heads are restated with 3 classes
 _stage_stds = ([0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067])
 model = dict(
-    backbone=dict(arch='test', init_cfg=None),
+    backbone=dict(arch='test', drop_path_rate=0., init_cfg=None),  # the paper model's drop path hurts a 0.6 M one
     neck=dict(in_channels=[16, 32, 64, 128]),
     roi_head=dict(
         bbox_head=[
