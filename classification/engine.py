@@ -11,7 +11,9 @@ import torch.distributed as dist
 from timm.data import Mixup
 from timm.utils import ModelEmaV3, NativeScaler, accuracy, dispatch_clip_grad
 
-import utils
+from distributed_setup import collective_device, is_dist_avail_and_initialized
+from meters import MetricLogger, SmoothedValue
+from run_log import logger
 
 if TYPE_CHECKING:
     from run_state import TrainingRun
@@ -41,12 +43,12 @@ class StepMixup(Mixup):
         return self._step_params
 
 
-def meter_states(metric_logger: utils.MetricLogger) -> Dict[str, tuple]:
+def meter_states(metric_logger: MetricLogger) -> Dict[str, tuple]:
     """The epoch's meters so far (window, total, count), for a mid-epoch checkpoint."""
     return {name: (list(meter.deque), meter.total, meter.count) for name, meter in metric_logger.meters.items()}
 
 
-def load_meter_states(metric_logger: utils.MetricLogger, states: Dict[str, tuple]) -> None:
+def load_meter_states(metric_logger: MetricLogger, states: Dict[str, tuple]) -> None:
     for name, (window, total, count) in states.items():
         meter = metric_logger.meters[name]
         meter.deque.extend(window)
@@ -89,13 +91,13 @@ class PendingLosses:
         self.steps.append(step)
         self.losses.append(loss.detach())
 
-    def flush(self, metric_logger: utils.MetricLogger, lr: float) -> None:
+    def flush(self, metric_logger: MetricLogger, lr: float) -> None:
         """Move the pending losses into the meters; NonFiniteLossError at the first non-finite one (any rank)."""
         values = torch.stack(self.losses).float().tolist() if self.losses else []
         steps, self.losses, self.steps = self.steps, [], []
         bad = next(((step, value) for step, value in zip(steps, values) if not math.isfinite(value)), None)
-        if utils.is_dist_avail_and_initialized():
-            flag = torch.tensor([bad is not None], dtype=torch.int32, device=utils._collective_device())
+        if is_dist_avail_and_initialized():
+            flag = torch.tensor([bad is not None], dtype=torch.int32, device=collective_device())
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             if flag.item() and bad is None:
                 raise NonFiniteLossError(f'the loss became NaN or infinite on another rank at epoch {self.epoch} '
@@ -182,8 +184,8 @@ def train_one_epoch(
     Returns (the epoch's averaged stats, whether it stopped early).
     """
     model.train()
-    metric_logger = utils.MetricLogger()
-    metric_logger.add_meter('lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
+    metric_logger = MetricLogger()
+    metric_logger.add_meter('lr', SmoothedValue(window_size=1, fmt='{value:.6f}'))
     if meters:
         load_meter_states(metric_logger, meters)
     steps = OptimizerSteps(data_loader, train_step.accum_steps, start_step)
@@ -207,7 +209,7 @@ def train_one_epoch(
             return {name: meter.global_avg for name, meter in metric_logger.meters.items()}, True
     metric_logger.synchronize_between_processes()
     if len(steps):  # a resumed epoch may have no whole global batch left in another layout
-        utils.logger.info(f'Averaged stats: {metric_logger}')
+        logger.info(f'Averaged stats: {metric_logger}')
     return {name: meter.global_avg for name, meter in metric_logger.meters.items()}, False
 
 
@@ -220,9 +222,9 @@ def evaluate(
         channels_last: bool = False,
 ) -> Dict[str, float]:
     criterion = torch.nn.CrossEntropyLoss()
-    metric_logger = utils.MetricLogger()
+    metric_logger = MetricLogger()
     for name in ('loss', 'acc1', 'acc5'):  # a rank without validation samples (fewer shards than ranks) adds 0
-        metric_logger.add_meter(name, utils.SmoothedValue())
+        metric_logger.add_meter(name, SmoothedValue())
     model.eval()
     for images, targets in metric_logger.log_every(data_loader, 10, 'Test:'):
         images = images.to(device, non_blocking=True)
@@ -238,8 +240,8 @@ def evaluate(
         metric_logger.meters['acc1'].update(acc1.item(), n=batch_size)
         metric_logger.meters['acc5'].update(acc5.item(), n=batch_size)
     metric_logger.synchronize_between_processes()
-    utils.logger.info(f'* Acc@1 {metric_logger.acc1.global_avg:.3f} Acc@5 {metric_logger.acc5.global_avg:.3f} '
-                      f'loss {metric_logger.loss.global_avg:.3f}')
+    logger.info(f'* Acc@1 {metric_logger.acc1.global_avg:.3f} Acc@5 {metric_logger.acc5.global_avg:.3f} '
+                f'loss {metric_logger.loss.global_avg:.3f}')
     return {name: meter.global_avg for name, meter in metric_logger.meters.items()}
 
 
@@ -267,6 +269,6 @@ def throughput(
         if device.type == 'cuda':
             torch.cuda.synchronize()
     images_per_second = iterations * images.shape[0] / (time.perf_counter() - start)
-    utils.logger.info(f'batch_size {images.shape[0]} throughput {images_per_second:.1f} img/s '
-                      f'({warmup} warm-up and {iterations} timed iterations)')
+    logger.info(f'batch_size {images.shape[0]} throughput {images_per_second:.1f} img/s '
+                f'({warmup} warm-up and {iterations} timed iterations)')
     return images_per_second

@@ -12,7 +12,7 @@ from timm.data import create_transform
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from utils import UserInputError
+from errors import UserInputError
 
 
 class UnreadableImageError(RuntimeError):

@@ -31,9 +31,12 @@ from scalablevit import checkpoint as checkpoint_io
 from scalablevit.distributed import close_process_group
 from scalablevit.preemption import EXIT_STOPPED, TrainingStopped, ignore_stop_signals
 
-import utils
+from distributed_setup import get_rank, get_world_size, init_distributed, is_main_process
 from engine import NonFiniteLossError, StepMixup, TrainStep, evaluate, throughput, train_one_epoch
+from errors import UserInputError
 from image_data import UnreadableImageError, build_dataset
+from run_files import load_model_weights, lock_output_dir
+from run_log import logger, truncate_log
 from run_state import TrainingRun, resolve_resume
 from sampler import EpochOrder, SeededSamples
 from shards import ShardSplit, build_shard_split
@@ -179,7 +182,7 @@ def build_train_loader(args, dataset) -> tuple:
     order fixed by (seed, epoch) and independent of the number of processes, with per-sample augmentation seeds
     (`sampler.py`), so that an epoch can resume at any step on any layout. The loader's own seed comes from a
     private generator, not the global stream. Returns (what `set_epoch` positions, the loader)."""
-    world_size, rank = utils.get_world_size(), utils.get_rank()
+    world_size, rank = get_world_size(), get_rank()
     if isinstance(dataset, ShardSplit):  # shards: the rank's batches come from the dataset itself
         batches = dataset.loader_dataset(args.batch_size, args.num_workers, rank, world_size, train=True,
                                          seed=args.seed)
@@ -200,13 +203,13 @@ def build_val_loader(args, dataset, batch_size: int) -> torch.utils.data.DataLoa
     signals too: a signal during the evaluation lets it finish, and the epoch's checkpoint follows."""
     if isinstance(dataset, ShardSplit):  # every sample once: all shards, or with --dist-eval the rank's share
         split_ranks = args.distributed and args.dist_eval
-        batches = dataset.loader_dataset(batch_size, args.num_workers, utils.get_rank() if split_ranks else 0,
-                                         utils.get_world_size() if split_ranks else 1, train=False)
+        batches = dataset.loader_dataset(batch_size, args.num_workers, get_rank() if split_ranks else 0,
+                                         get_world_size() if split_ranks else 1, train=False)
         return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=args.num_workers,
                                            pin_memory=args.pin_mem, worker_init_fn=ignore_stop_signals)
     if args.distributed and args.dist_eval:
         sampler = torch.utils.data.DistributedSampler(
-            dataset, num_replicas=utils.get_world_size(), rank=utils.get_rank(), shuffle=False)
+            dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=False)
     else:
         sampler = torch.utils.data.SequentialSampler(dataset)
     return torch.utils.data.DataLoader(
@@ -219,8 +222,8 @@ def tensorboard_writer(output_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise utils.UserInputError('--log-tensorboard needs the tensorboard package: pip install -r '
-                                   'requirements.txt') from None
+        raise UserInputError('--log-tensorboard needs the tensorboard package: pip install -r '
+                             'requirements.txt') from None
     return SummaryWriter(str(output_dir / 'tensorboard'))
 
 
@@ -234,8 +237,8 @@ def create_classifier(args, num_classes: int) -> torch.nn.Module:
 def check_model_name(name: str) -> None:
     if not timm.is_model(name):
         models = [model for family in scalablevit.FAMILIES for model in family.models()]
-        raise utils.UserInputError(f'unknown --model {name}; this package\'s models: {models} (any timm model name '
-                                   f'also works)')
+        raise UserInputError(f'unknown --model {name}; this package\'s models: {models} (any timm model name '
+                             f'also works)')
 
 
 def resolve_data_args(args: argparse.Namespace) -> None:
@@ -270,9 +273,9 @@ def load_finetune_weights(model: torch.nn.Module, path: str, use_ema: Optional[b
             f'{classifier[:-1]} may differ):\n{mismatch}')
     model.load_state_dict(mismatch.loadable(state_dict), strict=False)
     loaded = len(state_dict) - len(mismatch.reinitialised)
-    utils.logger.info(f'Fine-tuning from the {chosen!r} weights of {path}: loaded {loaded} tensors; not loaded: '
-                      f'{mismatch.reinitialised or "none"} (re-initialised: another class count)'
-                      + (f', {mismatch.kept_buffers} (the model\'s buffers)' if mismatch.kept_buffers else ''))
+    logger.info(f'Fine-tuning from the {chosen!r} weights of {path}: loaded {loaded} tensors; not loaded: '
+                f'{mismatch.reinitialised or "none"} (re-initialised: another class count)'
+                + (f', {mismatch.kept_buffers} (the model\'s buffers)' if mismatch.kept_buffers else ''))
 
 
 def mixup_active(args) -> bool:
@@ -281,14 +284,14 @@ def mixup_active(args) -> bool:
 
 def validate_args(args) -> None:
     if args.batch_size < 1:
-        raise utils.UserInputError('--batch-size must be at least 1')
+        raise UserInputError('--batch-size must be at least 1')
     if args.grad_accum_steps < 1:
-        raise utils.UserInputError('--grad-accum-steps must be at least 1')
+        raise UserInputError('--grad-accum-steps must be at least 1')
     if args.checkpoint_interval < 0:
-        raise utils.UserInputError('--checkpoint-interval must be 0 (off) or a number of steps')
+        raise UserInputError('--checkpoint-interval must be 0 (off) or a number of steps')
     if mixup_active(args) and args.batch_size % 2:  # timm's Mixup pairs each sample with its mirror
-        raise utils.UserInputError(f'--batch-size {args.batch_size} must be even for mixup/cutmix (any '
-                                   f'--mixup-mode); pass an even --batch-size, or --mixup 0 --cutmix 0')
+        raise UserInputError(f'--batch-size {args.batch_size} must be even for mixup/cutmix (any '
+                             f'--mixup-mode); pass an even --batch-size, or --mixup 0 --cutmix 0')
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -319,21 +322,21 @@ def log_tensorboard(writer, stats: Dict[str, float], epoch: int) -> None:
 def main(args) -> None:
     resolve_data_args(args)
     validate_args(args)
-    device = utils.init_distributed(args)
-    utils.logger.info(str(args))
+    device = init_distributed(args)
+    logger.info(str(args))
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     amp_dtype = amp_settings(args, device)
-    random_seed(args.seed, utils.get_rank())
+    random_seed(args.seed, get_rank())
     evaluating = args.eval or args.throughput
     output_dir = Path(args.output_dir) if args.output_dir else None
-    if output_dir is not None and not evaluating and utils.is_main_process():
+    if output_dir is not None and not evaluating and is_main_process():
         # one run per folder, checked writable before anything is computed (stale temporaries go here too)
-        utils.lock_output_dir(output_dir)
+        lock_output_dir(output_dir)
     resume = resolve_resume(args, output_dir, training=not evaluating)
     if args.eval and not resume:
-        raise utils.UserInputError('--eval needs the checkpoint to evaluate: pass --resume CHECKPOINT (or an '
-                                   '--output_dir holding checkpoint.pth)')
+        raise UserInputError('--eval needs the checkpoint to evaluate: pass --resume CHECKPOINT (or an '
+                             '--output_dir holding checkpoint.pth)')
 
     build = build_shard_split if args.dataset == 'wds' else build_dataset
     dataset_val, num_classes = build(is_train=False, args=args)
@@ -343,11 +346,11 @@ def main(args) -> None:
         if dataset_train.classes != dataset_val.classes:
             only_train = sorted(set(dataset_train.classes) - set(dataset_val.classes))[:5]
             only_val = sorted(set(dataset_val.classes) - set(dataset_train.classes))[:5]
-            raise utils.UserInputError(f'train/ and val/ class folders differ (only in train: {only_train}; '
-                                       f'only in val: {only_val}); both need the same classes.')
-        if len(dataset_train) < args.batch_size * utils.get_world_size():
-            raise utils.UserInputError(f'the training set has {len(dataset_train)} images, fewer than one global '
-                                       f'batch ({args.batch_size} x {utils.get_world_size()}); lower --batch-size.')
+            raise UserInputError(f'train/ and val/ class folders differ (only in train: {only_train}; '
+                                 f'only in val: {only_val}); both need the same classes.')
+        if len(dataset_train) < args.batch_size * get_world_size():
+            raise UserInputError(f'the training set has {len(dataset_train)} images, fewer than one global '
+                                 f'batch ({args.batch_size} x {get_world_size()}); lower --batch-size.')
         sampler_train, loader_train = build_train_loader(args, dataset_train)
     # DeiT evaluates with 1.5x the training batch; throughput is measured at --batch-size itself
     loader_val = build_val_loader(args, dataset_val, args.batch_size if args.throughput else int(1.5 * args.batch_size))
@@ -359,7 +362,7 @@ def main(args) -> None:
             prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
             label_smoothing=args.smoothing, num_classes=num_classes)
 
-    utils.logger.info(f'Creating model: {args.model}')
+    logger.info(f'Creating model: {args.model}')
     model = create_classifier(args, num_classes).to(device)
     if args.finetune and not resume:
         load_finetune_weights(model, args.finetune, args.use_ema)
@@ -367,7 +370,7 @@ def main(args) -> None:
         model.to(memory_format=torch.channels_last)
     model_without_ddp = model
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    utils.logger.info(f'number of params: {n_parameters}')
+    logger.info(f'number of params: {n_parameters}')
     if args.distributed:  # broadcasts rank 0's initial weights to every rank
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[args.local_rank] if device.type == 'cuda' else None)
@@ -380,10 +383,10 @@ def main(args) -> None:
     if args.torchcompile:
         model = torch.compile(model, backend=args.torchcompile)  # after DDP, as timm
 
-    global_batch = args.batch_size * utils.get_world_size() * args.grad_accum_steps
-    utils.logger.info(f'lr {args.lr:g} per 512 images x global batch {global_batch} ({args.batch_size} per process x '
-                      f'{utils.get_world_size()} processes x {args.grad_accum_steps} accumulation steps) = '
-                      f'{args.lr * global_batch / 512.0:g}')
+    global_batch = args.batch_size * get_world_size() * args.grad_accum_steps
+    logger.info(f'lr {args.lr:g} per 512 images x global batch {global_batch} ({args.batch_size} per process x '
+                f'{get_world_size()} processes x {args.grad_accum_steps} accumulation steps) = '
+                f'{args.lr * global_batch / 512.0:g}')
     args.lr = args.lr * global_batch / 512.0
     optimizer = create_optimizer_v2(
         model_without_ddp, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
@@ -411,26 +414,26 @@ def main(args) -> None:
         if not evaluating and all(k in checkpoint for k in ('optimizer', 'lr_scheduler', 'epoch')):
             run.resume(checkpoint, resume)  # the raw weights into the model, the EMA weights into the EMA
         else:  # the checkpoint policy: EMA weights when present, unless --no-use-ema
-            chosen = utils.load_model_weights(model_without_ddp, checkpoint, resume, use_ema=args.use_ema)
-            utils.logger.info(f'Loaded the {chosen!r} weights of {resume}')
+            chosen = load_model_weights(model_without_ddp, checkpoint, resume, use_ema=args.use_ema)
+            logger.info(f'Loaded the {chosen!r} weights of {resume}')
 
     if args.throughput:
         throughput(loader_val, model_without_ddp, device, amp_dtype, args.throughput_warmup, args.throughput_iters)
         return
     if args.eval:
         test_stats = evaluate(loader_val, model, device, amp_dtype, args.channels_last)
-        utils.logger.info(f'Accuracy of the network on the {len(dataset_val)} test images: '
-                          f'{test_stats["acc1"]:.1f}%')
+        logger.info(f'Accuracy of the network on the {len(dataset_val)} test images: '
+                    f'{test_stats["acc1"]:.1f}%')
         return
 
-    if output_dir is not None and utils.is_main_process():
-        utils.truncate_log(output_dir, run.start_epoch)
+    if output_dir is not None and is_main_process():
+        truncate_log(output_dir, run.start_epoch)
     writer = None
-    if args.log_tensorboard and output_dir is not None and utils.is_main_process():
+    if args.log_tensorboard and output_dir is not None and is_main_process():
         writer = tensorboard_writer(output_dir)
     train_step = TrainStep(criterion, optimizer, device, args.grad_accum_steps, loss_scaler, amp_dtype,
                            args.clip_grad or None, model_ema, mixup_fn, args.channels_last, ddp_model)
-    utils.logger.info(f'Start training for {args.epochs} epochs')
+    logger.info(f'Start training for {args.epochs} epochs')
     start_time = time.time()
     with run:
         for epoch in range(run.start_epoch, args.epochs):
@@ -441,22 +444,22 @@ def main(args) -> None:
             if stopped:
                 run.stop(f'in epoch {epoch}')
             test_stats = evaluate(loader_val, model, device, amp_dtype, args.channels_last)
-            utils.logger.info(f'Accuracy of the network on the {len(dataset_val)} test images: '
-                              f'{test_stats["acc1"]:.1f}%')
+            logger.info(f'Accuracy of the network on the {len(dataset_val)} test images: '
+                        f'{test_stats["acc1"]:.1f}%')
             stats = {**{f'train_{k}': v for k, v in train_stats.items()},
                      **{f'test_{k}': v for k, v in test_stats.items()}}
             accuracy = test_stats['acc1']
             if model_ema is not None:  # rank by the weights --eval loads: the EMA's (timm ranks by it too)
                 ema_stats = evaluate(loader_val, model_ema.module, device, amp_dtype, args.channels_last)
-                utils.logger.info(f'Accuracy of the EMA weights: {ema_stats["acc1"]:.1f}%')
+                logger.info(f'Accuracy of the EMA weights: {ema_stats["acc1"]:.1f}%')
                 stats.update({f'test_ema_{k}': v for k, v in ema_stats.items()})
                 accuracy = ema_stats['acc1']
             lr_scheduler.step(epoch + 1, accuracy)  # the metric: for --sched plateau
             run.save_epoch(epoch, {**stats, 'epoch': epoch, 'n_parameters': n_parameters}, accuracy)
-            utils.logger.info(f'Max accuracy{" (EMA weights)" if model_ema is not None else ""}: '
-                              f'{run.max_accuracy:.2f}%')
+            logger.info(f'Max accuracy{" (EMA weights)" if model_ema is not None else ""}: '
+                        f'{run.max_accuracy:.2f}%')
             if dataset_train.num_skipped:
-                utils.logger.info(f'skipped {dataset_train.num_skipped} unreadable training images so far')
+                logger.info(f'skipped {dataset_train.num_skipped} unreadable training images so far')
             if writer is not None:
                 log_tensorboard(writer, stats, epoch)
             if epoch + 1 < args.epochs and run.stop_agreed_now():
@@ -465,7 +468,7 @@ def main(args) -> None:
         writer.close()
 
     total_time = datetime.timedelta(seconds=int(time.time() - start_time))
-    utils.logger.info(f'Training time {total_time}')
+    logger.info(f'Training time {total_time}')
 
 
 def cli(argv: Optional[List[str]] = None) -> int:
@@ -476,7 +479,7 @@ def cli(argv: Optional[List[str]] = None) -> int:
     status = 0
     try:
         main(arguments)
-    except (utils.UserInputError, UnreadableImageError, checkpoint_io.CheckpointError, FileNotFoundError) as error:
+    except (UserInputError, UnreadableImageError, checkpoint_io.CheckpointError, FileNotFoundError) as error:
         print(f'error: {error}', file=sys.stderr, flush=True)  # FileNotFoundError: a named checkpoint
         status = 2
     except NonFiniteLossError as error:

@@ -31,9 +31,9 @@ import scalablevit  # noqa: F401  (registers the models in timm)
 from scalablevit import checkpoint as checkpoint_io
 from scalablevit import images
 
+from errors import UserInputError
 from image_data import UnreadableImageError, build_transform, load_rgb
 from shards import INFO_FILE
-from utils import UserInputError
 
 AMP_DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16}
 OUTPUT_FORMATS = ('.csv', '.json')

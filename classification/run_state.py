@@ -20,8 +20,11 @@ from timm.utils import get_state_dict
 from scalablevit import checkpoint as checkpoint_io
 from scalablevit.preemption import StopRequest, TrainingStopped, requeue_slurm_job
 
-import utils
+from distributed_setup import get_rank, get_world_size, is_dist_avail_and_initialized, is_main_process
 from engine import NonFiniteLossError
+from errors import UserInputError
+from run_files import atomic_save, capture_rng_state, load_model_weights, restore_rng_state
+from run_log import append_log, logger
 
 CHECKPOINT = 'checkpoint.pth'
 BEST_CHECKPOINT = 'checkpoint_best.pth'
@@ -51,8 +54,8 @@ def resolve_resume(args: argparse.Namespace, output_dir: Optional[Path], trainin
     own = output_dir / CHECKPOINT if output_dir is not None else None
     if training and own is not None and own.exists():
         if args.resume and Path(args.resume).resolve() not in (own.resolve(), own.parent.resolve()):
-            utils.logger.warning(f'resuming this run\'s own {own}, not --resume {args.resume}: the run has progressed '
-                                 f'past it (remove {own} or pick another --output_dir to start from {args.resume})')
+            logger.warning(f'resuming this run\'s own {own}, not --resume {args.resume}: the run has progressed '
+                           f'past it (remove {own} or pick another --output_dir to start from {args.resume})')
         return str(own)
     if args.resume:
         folder = Path(args.resume)
@@ -63,8 +66,8 @@ def resolve_resume(args: argparse.Namespace, output_dir: Optional[Path], trainin
         if candidate.is_file():
             return str(candidate)
         found = sorted(p.name for p in Path(args.resume).glob('*.pth'))
-        raise utils.UserInputError(f'--resume {args.resume} is a folder without {CHECKPOINT}'
-                                   + (f'; it holds {found[:5]}: pass one of them' if found else ''))
+        raise UserInputError(f'--resume {args.resume} is a folder without {CHECKPOINT}'
+                             + (f'; it holds {found[:5]}: pass one of them' if found else ''))
     if own is not None and own.exists():
         return str(own)
     return ''
@@ -79,10 +82,10 @@ def resume_changes(args: argparse.Namespace, checkpoint: dict, source: str, star
     saved = checkpoint.get('args')
     saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
     if not isinstance(saved, dict):
-        utils.logger.warning(f'{source} records no command line: the flags of this run cannot be checked against '
-                             f'the one that wrote it')
+        logger.warning(f'{source} records no command line: the flags of this run cannot be checked against '
+                       f'the one that wrote it')
         return set()
-    current = dict(vars(args), global_batch_size=args.batch_size * utils.get_world_size() * args.grad_accum_steps)
+    current = dict(vars(args), global_batch_size=args.batch_size * get_world_size() * args.grad_accum_steps)
     saved = dict(saved, global_batch_size=saved.get('batch_size', 0) * saved.get('world_size', 1)
                  * saved.get('grad_accum_steps', 1))
     changed = sorted(k for k in current if k in saved and k not in RUN_ENVIRONMENT and current[k] != saved[k])
@@ -97,7 +100,7 @@ def resume_changes(args: argparse.Namespace, checkpoint: dict, source: str, star
 
     fixed = [k for k in changed if k in FIXED_ON_RESUME]
     if fixed and not args.override_resume:
-        raise utils.UserInputError(
+        raise UserInputError(
             f'{source} was written by a run with other settings that cannot change mid-run:\n'
             + '\n'.join(describe(k, '') for k in fixed)
             + '\nResume with the checkpoint\'s values, or pass --override-resume to apply the new ones from '
@@ -114,15 +117,15 @@ def resume_changes(args: argparse.Namespace, checkpoint: dict, source: str, star
         else:
             effect = 'applied'
         lines.append(describe(key, f' -> {effect}'))
-    utils.logger.warning(f'resuming {source}: flags that differ from the checkpoint\'s:\n' + '\n'.join(lines))
+    logger.warning(f'resuming {source}: flags that differ from the checkpoint\'s:\n' + '\n'.join(lines))
     return set(changed)
 
 
 def gather_from_ranks(value: Any) -> List[Any]:
     """Every rank's `value`, in rank order (a collective when distributed)."""
-    if not utils.is_dist_avail_and_initialized():
+    if not is_dist_avail_and_initialized():
         return [value]
-    values = [None] * utils.get_world_size()
+    values = [None] * get_world_size()
     dist.all_gather_object(values, value)
     return values
 
@@ -132,10 +135,10 @@ def restore_rng_streams(states: List[Dict[str, Any]]) -> str:
     a rank the checkpoint's run did not have derives a fresh stream from the state of rank (rank mod saved
     ranks) and its own number (never from seed + rank, which would replay the first epoch's draws). Returns
     what was done, for the log."""
-    rank = utils.get_rank()
+    rank = get_rank()
     if not states:
         return 'the checkpoint has no random states: fresh streams from --seed'
-    utils.restore_rng_state(states[rank % len(states)])
+    restore_rng_state(states[rank % len(states)])
     if rank < len(states):
         return 'random streams continued'
     derived = random.getrandbits(62) + rank
@@ -182,15 +185,15 @@ class TrainingRun:
         is restored unless the model or optimizer type changed, and the schedule unless a schedule flag did."""
         args = self.args
         changes = resume_changes(args, checkpoint, source, checkpoint['epoch'] + 1, self.flag_names)
-        chosen = utils.load_model_weights(self.model, checkpoint, source, use_ema=False)
-        utils.logger.info(f'Loaded the {chosen!r} weights of {source}')
+        chosen = load_model_weights(self.model, checkpoint, source, use_ema=False)
+        logger.info(f'Loaded the {chosen!r} weights of {source}')
         if self.model_ema is not None:
             if checkpoint.get('model_ema') is None:
-                utils.logger.warning(f'{source} has no EMA weights: the EMA starts from its model weights')
+                logger.warning(f'{source} has no EMA weights: the EMA starts from its model weights')
                 self.model_ema.set(self.model)
             else:
-                utils.load_model_weights(self.model_ema.module, {'model_ema': checkpoint['model_ema']}, source,
-                                         use_ema=True)
+                load_model_weights(self.model_ema.module, {'model_ema': checkpoint['model_ema']}, source,
+                                   use_ema=True)
         if not changes & set(OPTIMIZER_TYPE_FLAGS):
             checkpoint_io.check_finite({'optimizer': checkpoint['optimizer']}, f'checkpoint {source}',
                                        'optimizer state')
@@ -203,13 +206,13 @@ class TrainingRun:
             self.lr_scheduler.load_state_dict(checkpoint['lr_scheduler'])
         if self.loss_scaler is not None and checkpoint.get('scaler') is not None:
             self.loss_scaler.load_state_dict(checkpoint['scaler'])
-        utils.logger.info(restore_rng_streams(checkpoint.get('rng') or []))
+        logger.info(restore_rng_streams(checkpoint.get('rng') or []))
         self.start_epoch = checkpoint['epoch'] + 1
         self.lr_scheduler.step(self.start_epoch)  # the learning rate the uninterrupted run would use next
         self.max_accuracy = checkpoint.get('max_accuracy', 0.0)
         self._resume_position(checkpoint.get('mid_epoch'), source)
-        utils.logger.info(f'Resuming training at epoch {self.start_epoch}'
-                          + (f', sample {self.start_samples}' if self.start_samples else ''))
+        logger.info(f'Resuming training at epoch {self.start_epoch}'
+                    + (f', sample {self.start_samples}' if self.start_samples else ''))
 
     def _resume_position(self, position: Optional[dict], source: str) -> None:
         """The samples of epoch `start_epoch` already trained, from a checkpoint written inside it. ImageFolder
@@ -218,7 +221,7 @@ class TrainingRun:
         if not position:
             return
         args = self.args
-        layout = {'world_size': utils.get_world_size(), 'batch_size': args.batch_size,
+        layout = {'world_size': get_world_size(), 'batch_size': args.batch_size,
                   'grad_accum_steps': args.grad_accum_steps}
         saved = {key: position.get(key) for key in layout}
         samples = position.get('samples')
@@ -229,16 +232,16 @@ class TrainingRun:
                             'num_workers': args.num_workers}
             saved_shards = {key: position.get(key) for key in shard_layout}
             if saved_shards != shard_layout:
-                raise utils.UserInputError(
+                raise UserInputError(
                     f'{source} was written in the middle of epoch {position["epoch"]} of a shard dataset by a run '
                     f'with {saved_shards}; this run has {shard_layout}. A shard epoch resumes with the same '
                     f'processes, --batch-size and --num_workers, or from a checkpoint written at an epoch end.')
         self.start_samples = samples
         self.start_repeats = position.get('repeats')
         if saved == layout:
-            self.epoch_meters = position['meters'][utils.get_rank()]
+            self.epoch_meters = position['meters'][get_rank()]
         else:
-            utils.logger.warning(
+            logger.warning(
                 f'{source} was written in the middle of epoch {position["epoch"]} by a run with {saved}; this run '
                 f'has {layout}: it trains the samples after the epoch\'s first {samples}, each once, in the new '
                 f'layout (the same samples and augmentations, not bit-identical; the epoch\'s averaged '
@@ -257,10 +260,10 @@ class TrainingRun:
                 f'the weights became NaN or infinite ({bad[:5]}) although the loss was finite: stopping. Nothing '
                 f'was written (the last checkpoint is untouched); lower --lr, keep --clip-grad on, or use '
                 f'--amp-dtype bfloat16.')
-        rng_states = gather_from_ranks(utils.capture_rng_state())
+        rng_states = gather_from_ranks(capture_rng_state())
         if position is not None:
             position = dict(position, meters=gather_from_ranks(position['meters']))
-        if self.output_dir is None or not utils.is_main_process():
+        if self.output_dir is None or not is_main_process():
             return None
         return {
             'model': self.model.state_dict(),
@@ -282,23 +285,23 @@ class TrainingRun:
         self._epoch_start = self.start_samples if resumed else 0
         self._epoch_repeats = self.start_repeats if resumed and self.start_repeats else sampler.repeats
         sampler.set_epoch(epoch, self._epoch_start, self._epoch_repeats)
-        per_step = utils.get_world_size() * self.args.batch_size * self.args.grad_accum_steps
+        per_step = get_world_size() * self.args.batch_size * self.args.grad_accum_steps
         return self._epoch_start // per_step, self.epoch_meters if resumed else None
 
     def save_position(self, epoch: int, step: int, micro_batches: int, meters: dict) -> None:
         """checkpoint.pth after optimizer step `step` of `epoch`, once every rank has trained `micro_batches`
         more batches of it (the ranks wait for the write)."""
         args = self.args
-        samples = self._epoch_start + micro_batches * args.batch_size * utils.get_world_size()
+        samples = self._epoch_start + micro_batches * args.batch_size * get_world_size()
         checkpoint = self._checkpoint(epoch - 1, dict(
             epoch=epoch, step=step, samples=samples, repeats=self._epoch_repeats, meters=meters,
-            world_size=utils.get_world_size(), batch_size=args.batch_size, grad_accum_steps=args.grad_accum_steps,
+            world_size=get_world_size(), batch_size=args.batch_size, grad_accum_steps=args.grad_accum_steps,
             num_workers=args.num_workers))
         if checkpoint is not None:
-            utils.atomic_save(checkpoint, self.output_dir / CHECKPOINT)
-            utils.logger.info(f'saved {self.output_dir / CHECKPOINT} at epoch {epoch}, step {step} '
-                              f'({samples} samples of the epoch)')
-        if utils.is_dist_avail_and_initialized():
+            atomic_save(checkpoint, self.output_dir / CHECKPOINT)
+            logger.info(f'saved {self.output_dir / CHECKPOINT} at epoch {epoch}, step {step} '
+                        f'({samples} samples of the epoch)')
+        if is_dist_avail_and_initialized():
             dist.barrier()
 
     def save_epoch(self, epoch: int, stats: Dict[str, Any], accuracy: float) -> None:
@@ -309,11 +312,11 @@ class TrainingRun:
         checkpoint = self._checkpoint(epoch)
         if checkpoint is None:
             return
-        utils.append_log(self.output_dir, stats)
+        append_log(self.output_dir, stats)
         # best first: a kill between the two writes re-runs this epoch, which rewrites the same best
         if is_best:
-            utils.atomic_save(checkpoint, self.output_dir / BEST_CHECKPOINT)
-        utils.atomic_save(checkpoint, self.output_dir / CHECKPOINT)
+            atomic_save(checkpoint, self.output_dir / BEST_CHECKPOINT)
+        atomic_save(checkpoint, self.output_dir / CHECKPOINT)
 
     # -- stopping ------------------------------------------------------------------------------------------------
 
@@ -336,10 +339,10 @@ class TrainingRun:
         """Once checkpoint.pth holds the position: requeue the Slurm job (--requeue, rank 0), then every rank
         raises TrainingStopped (exit status 75)."""
         if self.output_dir is None:
-            utils.logger.warning('stopping on a signal without --output_dir: nothing was saved')
-        if self.args.requeue and utils.is_main_process():
+            logger.warning('stopping on a signal without --output_dir: nothing was saved')
+        if self.args.requeue and is_main_process():
             requeue_slurm_job()
-        if utils.is_dist_avail_and_initialized():
+        if is_dist_avail_and_initialized():
             dist.barrier()  # no rank exits (which makes srun --kill-on-bad-exit end the others) before the requeue
         signum = self.stop_request.signal
         raise TrainingStopped(f'stopped by signal {signum or "(on another rank)"} {where}; rerun the same command '

@@ -27,9 +27,9 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from errors import UserInputError
 from image_data import UnreadableImageError, build_transform, to_rgb
 from sampler import augmentation_seed, sample_seeds
-from utils import UserInputError
 
 INFO_FILE = '_info.json'
 IMAGE_EXTENSIONS = tuple(ext.lstrip('.') for ext in IMG_EXTENSIONS)  # what ImageFolder (and make_shards.py) reads

@@ -5,7 +5,6 @@ and float16, finite and within the stated tolerances of float32; the ops kept in
 the OpenMMLab detector and segmentor under autocast, and a short bfloat16 training run of each that learns.
 README.md's "Mixed precision" section holds the table these tests bound."""
 import math
-import sys
 from typing import Dict, List
 
 import pytest
@@ -208,15 +207,13 @@ def test_dense_task_trains_under_bfloat16_autocast(tmp_path, config):
     pytest.importorskip('mmseg')
     import scalablevit.openmmlab  # noqa: F401  (registers the backbones)
     if 'detection' in config:
-        sys.path.insert(0, str(ROOT / 'detection'))
-        from make_demo_coco import make_dataset
+        from scalablevit.demo_data import make_demo_coco
         data_root = tmp_path / 'data' / 'demo_coco'
-        make_dataset(data_root, train_images=4, val_images=2)
+        make_demo_coco(data_root, train_images=4, val_images=2)
     else:
-        sys.path.insert(0, str(ROOT / 'segmentation'))
-        from make_demo_cityscapes import make_dataset
+        from scalablevit.demo_data import make_demo_cityscapes
         data_root = tmp_path / 'data' / 'demo_cityscapes'
-        make_dataset(data_root)
+        make_demo_cityscapes(data_root)
     model, loader = build_model_and_loader(ROOT / config, data_root)
     losses = bfloat16_losses(model, loader, steps=10, lr=1e-3)
     assert min(losses[-3:]) < 0.8 * losses[0], losses

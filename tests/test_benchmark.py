@@ -10,8 +10,6 @@ import torch
 
 from helpers import ROOT
 
-sys.path.insert(0, str(ROOT / 'benchmarks'))
-
 
 @pytest.mark.slow  # about 90 s: each row measures memory and time in its own process
 def test_benchmark_rows_and_json(tmp_path):

@@ -15,15 +15,14 @@ import torch
 from PIL import Image
 
 CLASSIFICATION = Path(__file__).resolve().parents[1] / 'classification'
-sys.path.insert(0, str(CLASSIFICATION))
 
 from scalablevit.checkpoint import CheckpointError  # noqa: E402
+from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
 
 import image_data as cls_datasets  # noqa: E402
 import main as cls_main  # noqa: E402
-import utils as cls_utils  # noqa: E402
+from errors import UserInputError  # noqa: E402
 from helpers import free_port  # noqa: E402
-from make_demo_dataset import make_dataset  # noqa: E402
 
 TINY_MODEL = ['--model', 'scalable_vit_test', '--input-size', '32']
 FAST = ['--batch-size', '8', '--warmup-epochs', '1', '--lr', '4e-3', '--device', 'cpu']
@@ -31,8 +30,8 @@ FAST = ['--batch-size', '8', '--warmup-epochs', '1', '--lr', '4e-3', '--device',
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=16, val_per_class=8,
-                        size=32)
+    return make_demo_image_folder(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=16, val_per_class=8,
+                                  size=32)
 
 
 def run(args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
@@ -66,7 +65,7 @@ def test_model_recipes_are_defaults_under_explicit_flags():
 
 
 def test_unknown_model_lists_every_family():
-    with pytest.raises(cls_main.utils.UserInputError, match='scope_vit_tiny.*(any timm model name also works)'):
+    with pytest.raises(UserInputError, match='scope_vit_tiny.*(any timm model name also works)'):
         cls_main.check_model_name('scalable_vit_huge')
 
 
@@ -108,7 +107,7 @@ def test_legacy_launcher_use_env(data, tmp_path):
 def test_errors_on_other_ranks_stay_visible(data, tmp_path):
     """Only rank 0 logs progress, but an error on rank 1 (an unreadable image in its share of the data)
     still reaches stderr with the rank named."""
-    root = make_dataset(tmp_path / 'broken', num_classes=2, train_per_class=8, val_per_class=2, size=32)
+    root = make_demo_image_folder(tmp_path / 'broken', num_classes=2, train_per_class=8, val_per_class=2, size=32)
     for image in (root / 'train' / 'class_01').iterdir():
         image.write_bytes(b'not an image')
     result = run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
@@ -274,7 +273,7 @@ def test_non_finite_loss_exit_code(data, trained, tmp_path):
 def test_bad_input_is_reported_clearly(data, tmp_path, problem, message):
     root = tmp_path / 'bad'
     if problem != 'missing_path':
-        make_dataset(root, num_classes=2, train_per_class=8, val_per_class=2, size=32)
+        make_demo_image_folder(root, num_classes=2, train_per_class=8, val_per_class=2, size=32)
     extra = []
     if problem == 'no_val':
         for f in (root / 'val').rglob('*'):
@@ -299,7 +298,7 @@ def test_bad_input_is_reported_clearly(data, tmp_path, problem, message):
         extra = ['--model', 'no_such_model']
     elif problem == 'odd_batch':
         extra = ['--batch-size', '7']
-    with pytest.raises(cls_utils.UserInputError, match=message.replace('(', r'\(').replace(')', r'\)')):
+    with pytest.raises(UserInputError, match=message.replace('(', r'\(').replace(')', r'\)')):
         run_in_process([*TINY_MODEL, *FAST, '--data-path', str(root), '--epochs', '1', '--num_workers', '0',
                         *extra])
 
@@ -319,7 +318,7 @@ def test_checkpoint_for_another_model_names_keys(data, trained):
 
 
 def test_checkpoint_for_another_class_count_names_keys(data, trained, tmp_path):
-    root = make_dataset(tmp_path / 'three', num_classes=3, train_per_class=8, val_per_class=2, size=32)
+    root = make_demo_image_folder(tmp_path / 'three', num_classes=3, train_per_class=8, val_per_class=2, size=32)
     with pytest.raises(CheckpointError, match='with 3 classes') as error:
         run_in_process([*TINY_MODEL, '--device', 'cpu', '--data-path', str(root), '--eval',
                         '--resume', str(trained / 'checkpoint.pth'), '--num_workers', '0'])
@@ -341,7 +340,7 @@ def test_non_rgb_images_are_converted(tmp_path, mode):
 
 
 def test_unreadable_image_named_or_skipped(tmp_path, capsys):
-    root = make_dataset(tmp_path / 'broken', num_classes=2, train_per_class=8, val_per_class=2, size=32)
+    root = make_demo_image_folder(tmp_path / 'broken', num_classes=2, train_per_class=8, val_per_class=2, size=32)
     broken = root / 'train' / 'class_01' / '0003.jpg'
     broken.write_bytes(b'not an image')
     Image.new('L', (32, 32), 128).save(root / 'train' / 'class_00' / 'gray.png')
@@ -366,7 +365,6 @@ def test_plot_logs(trained, tmp_path):
 def test_eval_and_finetune_read_published_safetensors_and_hub_folders(data, trained, tmp_path, capsys):
     """tools/publish_checkpoint.py's outputs load where main.py reads checkpoints: --eval --resume of a
     .safetensors file and of a hub folder give the accuracy of the EMA weights they hold."""
-    sys.path.insert(0, str(CLASSIFICATION.parent / 'tools'))
     from publish_checkpoint import publish
     written = publish(str(trained / 'checkpoint.pth'), str(tmp_path / 'tiny'), formats=['safetensors'],
                       hub_dir=str(tmp_path / 'hub'))

@@ -22,10 +22,9 @@ def venv_path() -> str:
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory) -> Path:
-    sys.path.insert(0, str(CLASSIFICATION))
-    from make_demo_dataset import make_dataset
-    return make_dataset(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=16, val_per_class=8,
-                        size=32)
+    from scalablevit.demo_data import make_demo_image_folder
+    return make_demo_image_folder(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=16, val_per_class=8,
+                                  size=32)
 
 
 @pytest.mark.slow
@@ -60,13 +59,11 @@ def test_slurm_rendezvous_from_srun_environment(monkeypatch):
 def openmmlab_demo(task: str, tmp_path: Path) -> Path:
     """The task's smallest CPU demo config, with its generated dataset under tmp_path/data."""
     if task == 'detection':
-        sys.path.insert(0, str(DETECTION))
-        from make_demo_coco import make_dataset
-        make_dataset(tmp_path / 'data' / 'demo_coco', train_images=8, val_images=4)
+        from scalablevit.demo_data import make_demo_coco
+        make_demo_coco(tmp_path / 'data' / 'demo_coco', train_images=8, val_images=4)
         return DETECTION / 'configs' / 'demo' / 'retinanet_scalablevit-test_fpn_demo-coco.py'
-    sys.path.insert(0, str(SEGMENTATION))
-    from make_demo_ade import make_dataset
-    make_dataset(tmp_path / 'data' / 'demo_ade', train_images=8, val_images=4)
+    from scalablevit.demo_data import make_demo_ade
+    make_demo_ade(tmp_path / 'data' / 'demo_ade', train_images=8, val_images=4)
     return SEGMENTATION / 'configs' / 'demo' / 'fpn_scalablevit-test_demo-ade.py'
 
 

@@ -19,11 +19,11 @@ from scalablevit.preemption import StopRequest
 from helpers import ROOT, free_port, signal_job
 
 CLASSIFICATION = ROOT / 'classification'
-sys.path.insert(0, str(CLASSIFICATION))
+
+from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
 
 import main as cls_main  # noqa: E402
-import utils as cls_utils  # noqa: E402
-from make_demo_dataset import make_dataset  # noqa: E402
+from errors import UserInputError  # noqa: E402
 from sampler import EpochOrder  # noqa: E402
 
 EXIT_STOPPED = 75
@@ -34,8 +34,8 @@ TINY = ['--model', 'scalable_vit_test', '--input-size', '32', '--device', 'cpu',
 @pytest.fixture(scope='module')
 def data(tmp_path_factory) -> Path:
     """64 training images (8 steps of 8 in one process), 16 validation images."""
-    return make_dataset(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=16, val_per_class=4,
-                        size=32)
+    return make_demo_image_folder(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=16, val_per_class=4,
+                                  size=32)
 
 
 def train_in_process(argv):
@@ -150,7 +150,7 @@ def test_plateau_schedule_lowers_the_lr_when_accuracy_stalls(data, tmp_path, mon
 
 @pytest.mark.parametrize('mode', ['batch', 'pair', 'elem'])
 def test_odd_batch_under_mixup_is_refused_before_any_work(data, mode):
-    with pytest.raises(cls_utils.UserInputError, match='--batch-size 7 must be even for mixup/cutmix'):
+    with pytest.raises(UserInputError, match='--batch-size 7 must be even for mixup/cutmix'):
         train_in_process([*TINY, '--data-path', str(data), '--batch-size', '7', '--mixup-mode', mode])
 
 
@@ -161,7 +161,7 @@ def test_filesystem_without_flock_is_a_clear_error(data, tmp_path, monkeypatch):
         raise OSError(errno.ENOSYS, 'Function not implemented')
 
     monkeypatch.setattr(fcntl, 'flock', no_locks)
-    with pytest.raises(cls_utils.UserInputError, match='does not support file locks.*Lustre: mount with -o flock'):
+    with pytest.raises(UserInputError, match='does not support file locks.*Lustre: mount with -o flock'):
         train_in_process([*TINY, '--data-path', str(data), '--output_dir', str(tmp_path / 'out')])
 
 
@@ -267,9 +267,8 @@ def test_restart_on_fewer_and_more_processes_trains_each_sample_once(data, tmp_p
 def test_dist_eval_with_fewer_validation_shards_than_ranks(tmp_path):
     """--dataset wds --dist-eval with 1 validation shard on 2 processes: the rank without shards adds nothing
     and the accuracy is that of all 8 validation images."""
-    sys.path.insert(0, str(ROOT / 'tools'))
     from make_shards import make_shards
-    folder = make_dataset(tmp_path / 'folder', num_classes=2, train_per_class=16, val_per_class=4, size=32)
+    folder = make_demo_image_folder(tmp_path / 'folder', num_classes=2, train_per_class=16, val_per_class=4, size=32)
     shards = tmp_path / 'shards'
     make_shards(folder, shards, samples_per_shard=8)  # 4 training shards, 1 validation shard
     args = [*TINY, '--dataset', 'wds', '--data-path', str(shards), '--dist-eval', '--epochs', '1',

@@ -4,7 +4,6 @@ scalablevit.openmmlab.predictions). Models are randomly initialised: the tests c
 import importlib.util
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,9 +132,8 @@ def save_random_model(config: Path, scope: str, path: Path) -> list:
 @pytest.mark.slow
 def test_detection_demo_test_out_and_show_dir(tmp_path):
     pytest.importorskip('mmdet')
-    sys.path.insert(0, str(DETECTION))
-    from make_demo_coco import make_dataset
-    root = make_dataset(tmp_path / 'data' / 'demo_coco', train_images=2, val_images=3)
+    from scalablevit.demo_data import make_demo_coco
+    root = make_demo_coco(tmp_path / 'data' / 'demo_coco', train_images=2, val_images=3)
     classes = save_random_model(DET_CONFIG, 'mmdet', tmp_path / 'det.pth')
     images = sorted((root / 'val2017').iterdir())
 
@@ -177,9 +175,8 @@ def test_detection_demo_test_out_and_show_dir(tmp_path):
 @pytest.mark.slow
 def test_segmentation_demo_test_out_and_show_dir(tmp_path):
     pytest.importorskip('mmseg')
-    sys.path.insert(0, str(SEGMENTATION))
-    from make_demo_ade import make_dataset
-    root = make_dataset(tmp_path / 'data' / 'demo_ade', train_images=2, val_images=3)
+    from scalablevit.demo_data import make_demo_ade
+    root = make_demo_ade(tmp_path / 'data' / 'demo_ade', train_images=2, val_images=3)
     classes = save_random_model(SEG_CONFIG, 'mmseg', tmp_path / 'seg.pth')
     images = sorted((root / 'images' / 'validation').iterdir())
     bad = tmp_path / 'broken.jpg'

@@ -1,6 +1,5 @@
 """detection/: the MMDetection backbone, the paper's ten configs and a CPU train/test/demo round trip."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,7 @@ import scalablevit.openmmlab  # noqa: E402,F401  (registers the backbone)
 from helpers import ROOT, run_command  # noqa: E402
 
 DETECTION = ROOT / 'detection'
-sys.path.insert(0, str(DETECTION))
-sys.path.insert(0, str(ROOT / 'tools'))
-from make_demo_coco import make_dataset  # noqa: E402
+from scalablevit.demo_data import make_demo_coco  # noqa: E402
 
 from paper import paper_params, param_tolerance, reference_params  # noqa: E402
 
@@ -114,7 +111,7 @@ def run(args, cwd):
 def test_train_resume_test_and_demo_on_cpu(tmp_path, name):
     """Train two epochs on a generated COCO dataset, resume for a third, evaluate with the COCO metric
     through test.py (old `--eval` spelling), and draw the detections with demo.py."""
-    make_dataset(tmp_path / 'data' / 'demo_coco', train_images=8, val_images=4)
+    make_demo_coco(tmp_path / 'data' / 'demo_coco', train_images=8, val_images=4)
     config = DETECTION / 'configs' / 'demo' / f'{name}.py'
     work = tmp_path / 'work'
     log = run([str(DETECTION / 'train.py'), str(config), '--work-dir', str(work)], cwd=tmp_path)
@@ -140,7 +137,7 @@ def test_train_resume_test_and_demo_on_cpu(tmp_path, name):
 
 def test_demo_dataset_is_valid_coco(tmp_path):
     from pycocotools.coco import COCO
-    root = make_dataset(tmp_path / 'coco', train_images=3, val_images=2)
+    root = make_demo_coco(tmp_path / 'coco', train_images=3, val_images=2)
     coco = COCO(str(root / 'annotations' / 'instances_train2017.json'))
     assert len(coco.getImgIds()) == 3 and [c['name'] for c in coco.loadCats(coco.getCatIds())] == [
         'disc', 'square', 'triangle']

@@ -2,7 +2,6 @@
 timm's tests/test_models.py runs over every model): a family listed in the contract is tested by being listed.
 Per-family files keep only what is specific to a family (goldens, released quirks, any-size rules)."""
 import math
-import sys
 
 import pytest
 import timm
@@ -13,17 +12,14 @@ from timm.models._manipulate import reinit_non_persistent_buffers
 
 import scalablevit
 
+import main as cls_main  # noqa: E402
 from helpers import (
-    ROOT,
     assert_compiles_to_one_graph,
     assert_fx_traces,
     assert_grad_checkpointing_keeps_gradients,
     assert_onnx_matches_onnxruntime,
     assert_scripts,
 )
-
-sys.path.insert(0, str(ROOT / 'classification'))
-import main as cls_main  # noqa: E402
 
 FAMILIES = list(scalablevit.FAMILIES)
 BATCH = 2

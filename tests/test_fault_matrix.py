@@ -17,12 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
+
 from helpers import ROOT, free_port
-
-sys.path.insert(0, str(ROOT / 'classification'))
-sys.path.insert(0, str(ROOT / 'tools'))
-
-from make_demo_dataset import make_dataset  # noqa: E402
 from make_shards import make_shards  # noqa: E402
 
 INJECT = Path(__file__).parent / 'faults' / 'inject.py'
@@ -68,7 +65,7 @@ def pytest_generate_tests(metafunc):
 def datasets(tmp_path_factory) -> dict:
     """64 training images of 4 classes (8 batches of 8 per epoch), as a folder and as 8 shards."""
     root = tmp_path_factory.mktemp('faults')
-    folder = make_dataset(root / 'folder', num_classes=4, train_per_class=16, val_per_class=4, size=32)
+    folder = make_demo_image_folder(root / 'folder', num_classes=4, train_per_class=16, val_per_class=4, size=32)
     make_shards(folder, root / 'shards', samples_per_shard=8)
     return {'folder': ['--data-path', str(folder)],
             'wds': ['--dataset', 'wds', '--data-path', str(root / 'shards')]}

@@ -1,19 +1,16 @@
 """figures/vsa_windows.py: the windows VSA's regressors choose, read from the model's own computation."""
 import math
-import sys
 import time
 
 import pytest
 import timm
 import torch
+import vsa_windows  # noqa: E402
 from PIL import Image
 
 import scalablevit  # noqa: F401  (registers the models in timm)
 
 from helpers import ROOT, run_command
-
-sys.path.insert(0, str(ROOT / 'figures'))
-import vsa_windows  # noqa: E402
 
 
 @pytest.mark.parametrize('size', [(224, 224), (97, 131)])

@@ -86,10 +86,9 @@ def test_sdpa_dispatch_on_cuda(dtype, with_mask, qk_dim):
 
 @pytest.fixture(scope='module')
 def classification_data(tmp_path_factory):
-    sys.path.insert(0, str(ROOT / 'classification'))
-    from make_demo_dataset import make_dataset
-    return make_dataset(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=32, val_per_class=8,
-                        size=64)
+    from scalablevit.demo_data import make_demo_image_folder
+    return make_demo_image_folder(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=32, val_per_class=8,
+                                  size=64)
 
 
 @pytest.mark.parametrize('amp_dtype', ['bfloat16', 'float16'])
@@ -122,14 +121,13 @@ def test_dense_demo_with_amp_and_mmcv_cuda_ops(tmp_path, task, config):
     demo data, with mmcv's CUDA ops (RoIAlign, NMS)."""
     if not mmcv_has_cuda_ops():
         pytest.skip("mmcv was built without CUDA ops: bash setup.sh --openmmlab --cuda (README's setup)")
-    sys.path.insert(0, str(ROOT / task))
     if task == 'detection':
-        from make_demo_coco import make_dataset
-        make_dataset(tmp_path / 'data' / 'demo_coco', train_images=8, val_images=4)
+        from scalablevit.demo_data import make_demo_coco
+        make_demo_coco(tmp_path / 'data' / 'demo_coco', train_images=8, val_images=4)
         options = ['train_cfg.max_epochs=1']
     else:
-        from make_demo_cityscapes import make_dataset
-        make_dataset(tmp_path / 'data' / 'cityscapes_demo')
+        from scalablevit.demo_data import make_demo_cityscapes
+        make_demo_cityscapes(tmp_path / 'data' / 'cityscapes_demo')
         options = ['train_cfg.max_iters=4']
     result = run_command([str(ROOT / task / 'train.py'), str(ROOT / task / config), '--amp', '--work-dir',
                           str(tmp_path / 'work'), '--cfg-options', *options], cwd=tmp_path, timeout=900)

@@ -280,9 +280,8 @@ def distributed(args, cwd: Path) -> str:
 
 @pytest.mark.slow
 def test_retinanet_trains_and_tests_on_two_processes(tmp_path):
-    sys.path.insert(0, str(DETECTION))
-    from make_demo_coco import make_dataset
-    make_dataset(tmp_path / 'data' / 'demo_coco', train_images=8, val_images=4)
+    from scalablevit.demo_data import make_demo_coco
+    make_demo_coco(tmp_path / 'data' / 'demo_coco', train_images=8, val_images=4)
     config = DETECTION / 'configs' / 'demo' / 'retinanet_scalablevit-test_fpn_demo-coco.py'
     work = tmp_path / 'work'
     log = distributed([DETECTION / 'dist_train.sh', config, 2, '--work-dir', work,
@@ -296,9 +295,8 @@ def test_retinanet_trains_and_tests_on_two_processes(tmp_path):
 
 @pytest.mark.slow
 def test_semantic_fpn_trains_and_tests_on_two_processes(tmp_path):
-    sys.path.insert(0, str(SEGMENTATION))
-    from make_demo_ade import make_dataset
-    make_dataset(tmp_path / 'data' / 'demo_ade', train_images=8, val_images=4)
+    from scalablevit.demo_data import make_demo_ade
+    make_demo_ade(tmp_path / 'data' / 'demo_ade', train_images=8, val_images=4)
     config = SEGMENTATION / 'configs' / 'demo' / 'fpn_scalablevit-test_demo-ade.py'
     work = tmp_path / 'work'
     log = distributed([SEGMENTATION / 'dist_train.sh', config, 2, '--work-dir', work], cwd=tmp_path)
@@ -317,11 +315,10 @@ def test_tensorboard_flag_writes_the_logged_scalars(tmp_path, monkeypatch):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from scalablevit.demo_data import make_demo_ade
     from scalablevit.openmmlab.runner import train
-    sys.path.insert(0, str(SEGMENTATION))
-    from make_demo_ade import make_dataset
     monkeypatch.chdir(tmp_path)
-    make_dataset(tmp_path / 'data' / 'demo_ade', train_images=4, val_images=1)
+    make_demo_ade(tmp_path / 'data' / 'demo_ade', train_images=4, val_images=1)
     work = tmp_path / 'work'
     train([str(SEGMENTATION / 'configs' / 'demo' / 'fpn_scalablevit-test_demo-ade.py'), '--work-dir', str(work),
            '--tensorboard', '--cfg-options', 'train_cfg.max_iters=3', 'train_cfg.val_interval=10',

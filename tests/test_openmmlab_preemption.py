@@ -304,15 +304,13 @@ def demo_with_recorder(task: str, tmp_path: Path) -> Path:
     """The task's smallest demo config on a dataset with a partial last batch (9 images in batches of 2), with
     the recording hook, seeded (so that two runs draw the same order), and loader workers (which must survive)."""
     if task == 'detection':
-        sys.path.insert(0, str(DETECTION))
-        from make_demo_coco import make_dataset
-        make_dataset(tmp_path / 'data' / 'demo_coco', train_images=9, val_images=2)
+        from scalablevit.demo_data import make_demo_coco
+        make_demo_coco(tmp_path / 'data' / 'demo_coco', train_images=9, val_images=2)
         base = DETECTION / 'configs' / 'demo' / 'retinanet_scalablevit-test_fpn_demo-coco.py'
         schedule = 'train_cfg = dict(max_epochs=3)'  # the stop, agreed a step or two after the signal, lands inside
     else:
-        sys.path.insert(0, str(SEGMENTATION))
-        from make_demo_ade import make_dataset
-        make_dataset(tmp_path / 'data' / 'demo_ade', train_images=9, val_images=2)
+        from scalablevit.demo_data import make_demo_ade
+        make_demo_ade(tmp_path / 'data' / 'demo_ade', train_images=9, val_images=2)
         base = SEGMENTATION / 'configs' / 'demo' / 'fpn_scalablevit-test_demo-ade.py'
         schedule = ('train_cfg = dict(max_iters=8, val_interval=4)\n'
                     'default_hooks = dict(checkpoint=dict(interval=4))')

@@ -30,8 +30,7 @@ SEGMENTATION = ROOT / 'segmentation'
 RETINANET = DETECTION / 'configs' / 'demo' / 'retinanet_scalablevit-test_fpn_demo-coco.py'
 MASK_RCNN = DETECTION / 'configs' / 'demo' / 'mask-rcnn_scalablevit-test_fpn_demo-coco.py'
 SEM_FPN = SEGMENTATION / 'configs' / 'demo' / 'fpn_scalablevit-test_demo-ade.py'
-sys.path.insert(0, str(DETECTION))
-from make_demo_coco import make_dataset as make_coco  # noqa: E402
+from scalablevit.demo_data import make_demo_coco  # noqa: E402
 
 
 def build_model(config: Path, scope: str) -> torch.nn.Module:
@@ -44,7 +43,7 @@ def build_model(config: Path, scope: str) -> torch.nn.Module:
 def coco(tmp_path, monkeypatch) -> Path:
     """The demo COCO dataset where the demo configs look for it (data/demo_coco under the working dir)."""
     monkeypatch.chdir(tmp_path)
-    return make_coco(tmp_path / 'data' / 'demo_coco', train_images=4, val_images=2)
+    return make_demo_coco(tmp_path / 'data' / 'demo_coco', train_images=4, val_images=2)
 
 
 # --- checkpoints: written atomically with digests, read by the policy ---------------------------------------
@@ -205,7 +204,7 @@ def test_class_count_is_checked_before_the_first_step(coco, tmp_path, config, op
 
 
 def coco_file(tmp_path: Path, **changes) -> Path:
-    root = make_coco(tmp_path / 'coco', train_images=2, val_images=1)
+    root = make_demo_coco(tmp_path / 'coco', train_images=2, val_images=1)
     path = root / 'annotations' / 'instances_train2017.json'
     data = json.loads(path.read_text())
     for key, value in changes.items():
@@ -277,10 +276,9 @@ def test_label_values_are_checked_and_the_ignore_index_kept():
 def ade(tmp_path, monkeypatch) -> Path:
     """The demo ADE20K-layout dataset where the demo configs look for it."""
     pytest.importorskip('mmseg')
-    sys.path.insert(0, str(SEGMENTATION))
-    from make_demo_ade import make_dataset as make_ade
+    from scalablevit.demo_data import make_demo_ade
     monkeypatch.chdir(tmp_path)
-    return make_ade(tmp_path / 'data' / 'demo_ade', train_images=2, val_images=1)
+    return make_demo_ade(tmp_path / 'data' / 'demo_ade', train_images=2, val_images=1)
 
 
 def test_segmentation_class_count_is_checked_before_the_first_step(ade, tmp_path):

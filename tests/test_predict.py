@@ -2,7 +2,6 @@
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,11 @@ from scalablevit.checkpoint import save_checkpoint
 from helpers import ROOT, TINY_MODEL, run_command
 
 CLASSIFICATION = ROOT / 'classification'
-sys.path.insert(0, str(CLASSIFICATION))
+from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
+
 import main as cls_main  # noqa: E402
 import predict  # noqa: E402
-from make_demo_dataset import make_dataset  # noqa: E402
-from utils import UserInputError  # noqa: E402
+from errors import UserInputError  # noqa: E402
 
 
 def run_predict(*argv) -> None:
@@ -30,8 +29,8 @@ def run_predict(*argv) -> None:
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=16, val_per_class=8,
-                        size=32)
+    return make_demo_image_folder(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=16, val_per_class=8,
+                                  size=32)
 
 
 @pytest.fixture(scope='module')

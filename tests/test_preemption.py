@@ -16,11 +16,11 @@ from scalablevit.preemption import StopRequest
 from helpers import ROOT, free_port
 
 CLASSIFICATION = ROOT / 'classification'
-sys.path.insert(0, str(CLASSIFICATION))
+
+from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
 
 import main as cls_main  # noqa: E402
-import utils as cls_utils  # noqa: E402
-from make_demo_dataset import make_dataset  # noqa: E402
+import run_state  # noqa: E402
 
 EXIT_STOPPED = 75
 TRAINING = ['--model', 'scalable_vit_test', '--input-size', '32', '--batch-size', '8', '--warmup-epochs', '1',
@@ -30,8 +30,8 @@ TRAINING = ['--model', 'scalable_vit_test', '--input-size', '32', '--batch-size'
 @pytest.fixture(scope='module')
 def data(tmp_path_factory) -> Path:
     """256 training images: 32 steps of 8 per epoch in one process, 16 per rank in two."""
-    return make_dataset(tmp_path_factory.mktemp('data'), num_classes=8, train_per_class=32, val_per_class=2,
-                        size=32)
+    return make_demo_image_folder(tmp_path_factory.mktemp('data'), num_classes=8, train_per_class=32, val_per_class=2,
+                                  size=32)
 
 
 def command(data: Path, out: Path, processes: int, epochs: int = 2):
@@ -128,14 +128,14 @@ def train_in_process(argv):
 def test_checkpoint_interval_writes_mid_epoch_positions(data, tmp_path, monkeypatch):
     """--checkpoint-interval 12: checkpoint.pth after steps 12 and 24 of each 32-step epoch, then at its end."""
     written = []
-    save = cls_utils.atomic_save
+    save = run_state.atomic_save
 
     def recording_save(checkpoint, path):
         position = checkpoint['mid_epoch']
         written.append((path.name, checkpoint['epoch'], position and (position['epoch'], position['step'])))
         save(checkpoint, path)
 
-    monkeypatch.setattr(cls_utils, 'atomic_save', recording_save)
+    monkeypatch.setattr(run_state, 'atomic_save', recording_save)
     train_in_process([*TRAINING, '--data-path', str(data), '--output_dir', str(tmp_path), '--epochs', '1',
                       '--num_workers', '0', '--checkpoint-interval', '12'])
     assert [w for w in written if w[0] == 'checkpoint.pth'] == [

@@ -1,5 +1,4 @@
 """segmentation/: the paper's six configs and a CPU train/test (plain and multi-scale + flip)/demo round trip."""
-import sys
 
 import numpy as np
 import pytest
@@ -14,9 +13,7 @@ import scalablevit.openmmlab  # noqa: E402,F401  (registers the backbone)
 from helpers import ROOT, run_command  # noqa: E402
 
 SEGMENTATION = ROOT / 'segmentation'
-sys.path.insert(0, str(SEGMENTATION))
-sys.path.insert(0, str(ROOT / 'tools'))
-from make_demo_ade import make_dataset  # noqa: E402
+from scalablevit.demo_data import make_demo_ade  # noqa: E402
 
 from paper import paper_params, param_tolerance, reference_params  # noqa: E402
 
@@ -89,7 +86,7 @@ def run(args, cwd):
 def test_train_test_tta_and_demo_on_cpu(tmp_path, method):
     """Train a few iterations on a generated ADE20K-layout dataset, evaluate mIoU through test.py plainly and
     with --aug-test (6 scales x flip), and write a colour overlay with demo.py."""
-    root = make_dataset(tmp_path / 'data' / 'demo_ade', train_images=8, val_images=3)
+    root = make_demo_ade(tmp_path / 'data' / 'demo_ade', train_images=8, val_images=3)
     config = SEGMENTATION / 'configs' / 'demo' / f'{method}_scalablevit-test_demo-ade.py'
     work = tmp_path / 'work'
     log = run([str(SEGMENTATION / 'train.py'), str(config), '--work-dir', str(work)], cwd=tmp_path)
@@ -128,8 +125,8 @@ def train_resume_and_test(tmp_path, demo_config: str) -> str:
 def test_cityscapes_train_resume_and_test_on_cpu(tmp_path):
     """The Swin-T+VSA UperNet Cityscapes config (narrow backbone) on a generated Cityscapes-layout dataset:
     train 4 iterations, resume to 6, evaluate mIoU over the 19 classes."""
-    from make_demo_cityscapes import make_dataset as make_cityscapes
-    make_cityscapes(tmp_path / 'data' / 'cityscapes_demo', train_images=6, val_images=2)
+    from scalablevit.demo_data import make_demo_cityscapes
+    make_demo_cityscapes(tmp_path / 'data' / 'cityscapes_demo', train_images=6, val_images=2)
     log = train_resume_and_test(tmp_path, 'upernet_swin-vsa-test_demo-cityscapes')
     assert 'traffic sign' in log and 0 <= float(log.split('mIoU: ')[-1].split()[0]) <= 100
 
@@ -138,15 +135,16 @@ def test_cityscapes_train_resume_and_test_on_cpu(tmp_path):
 def test_scope_vit_upernet_train_resume_and_test_on_cpu(tmp_path):
     """The ScopeViT-T UperNet config (narrow backbone, BatchNorm statistics frozen) on the ADE20K-layout
     dataset: train 4 iterations, resume to 6, evaluate mIoU."""
-    make_dataset(tmp_path / 'data' / 'demo_ade', train_images=6, val_images=2)
+    make_demo_ade(tmp_path / 'data' / 'demo_ade', train_images=6, val_images=2)
     log = train_resume_and_test(tmp_path, 'upernet_scopevit-test_demo-ade')
     assert 0 <= float(log.split('mIoU: ')[-1].split()[0]) <= 100
 
 
 def test_cityscapes_demo_dataset_follows_the_layout(tmp_path):
-    from make_demo_cityscapes import make_dataset as make_cityscapes
     from mmseg.datasets import CityscapesDataset
-    root = make_cityscapes(tmp_path / 'cityscapes', train_images=2, val_images=1)
+
+    from scalablevit.demo_data import make_demo_cityscapes
+    root = make_demo_cityscapes(tmp_path / 'cityscapes', train_images=2, val_images=1)
     dataset = CityscapesDataset(data_root=str(root), data_prefix=dict(img_path='leftImg8bit/train',
                                                                       seg_map_path='gtFine/train'), pipeline=[])
     assert len(dataset) == 2
@@ -172,7 +170,7 @@ def test_aug_test_flag_builds_multiscale_flip_tta():
 
 
 def test_demo_dataset_follows_ade20k_conventions(tmp_path):
-    root = make_dataset(tmp_path / 'ade', train_images=2, val_images=1)
+    root = make_demo_ade(tmp_path / 'ade', train_images=2, val_images=1)
     label = np.asarray(Image.open(root / 'annotations' / 'training' / 'ADE_train_00000000.png'))
     assert label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1, 2, 3, 4} and (label == 0).any()
     image = Image.open(root / 'images' / 'training' / 'ADE_train_00000000.jpg')

@@ -14,19 +14,18 @@ from helpers import ROOT, run_command
 
 pytest.importorskip('webdataset')
 CLASSIFICATION = ROOT / 'classification'
-sys.path.insert(0, str(CLASSIFICATION))
-sys.path.insert(0, str(ROOT / 'tools'))
+
+from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
 
 import shards as cls_shards  # noqa: E402
-import utils as cls_utils  # noqa: E402
-from make_demo_dataset import make_dataset  # noqa: E402
+from errors import UserInputError  # noqa: E402
 from make_shards import make_shards  # noqa: E402
 
 
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp('folder'), num_classes=4, train_per_class=24, val_per_class=9,
-                        size=32)
+    return make_demo_image_folder(tmp_path_factory.mktemp('folder'), num_classes=4, train_per_class=24, val_per_class=9,
+                                  size=32)
 
 
 @pytest.fixture(scope='module')
@@ -89,12 +88,12 @@ def test_training_epoch_replays_from_any_batch(shards):
 
 def test_too_few_shards_for_the_workers(shards):
     split = cls_shards.ShardSplit(shards, 'train', None)
-    with pytest.raises(cls_utils.UserInputError, match='fewer than processes x loader workers'):
+    with pytest.raises(UserInputError, match='fewer than processes x loader workers'):
         split.loader_dataset(4, 4, 0, 4, train=True)
 
 
 def test_missing_info_is_reported(tmp_path):
-    with pytest.raises(cls_utils.UserInputError, match='_info.json does not exist'):
+    with pytest.raises(UserInputError, match='_info.json does not exist'):
         cls_shards.ShardSplit(tmp_path, 'train', None)
 
 
@@ -111,7 +110,7 @@ def train(data: Path, out: Path, *extra) -> dict:
 def test_shards_train_the_demo_like_the_image_folder(tmp_path):
     """The same demo set as ImageFolder and as shards (4 classes, 100 validation images): the same recipe
     reaches the same top-1 within 2 points."""
-    data = make_dataset(tmp_path / 'demo', num_classes=4, train_per_class=60, val_per_class=25, size=32)
+    data = make_demo_image_folder(tmp_path / 'demo', num_classes=4, train_per_class=60, val_per_class=25, size=32)
     make_shards(data, tmp_path / 'demo-wds', samples_per_shard=30)
     folder_acc = train(data, tmp_path / 'folder')['test_acc1']
     shard_acc = train(tmp_path / 'demo-wds', tmp_path / 'wds', '--dataset', 'wds')['test_acc1']

@@ -14,7 +14,6 @@ from PIL import Image
 import scalablevit
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'tools'))
 import export_onnx  # noqa: E402
 import get_flops  # noqa: E402
 
@@ -104,7 +103,6 @@ def test_onnx_cli_serves_every_family(tmp_path, family):
 
 
 def test_onnx_export_reads_checkpoints_by_the_ema_rule(tmp_path):
-    sys.path.insert(0, str(ROOT / 'tools'))
     from export_onnx import build
     raw = timm.create_model(TINY_MODEL).state_dict()
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in raw.items()}
@@ -134,7 +132,6 @@ def test_figure1_on_random_weights(tmp_path):
 
 
 def test_figure1_rows(tmp_path):
-    sys.path.insert(0, str(ROOT / 'figures'))
     import feature_maps
     torch.manual_seed(0)
     base = timm.create_model('scalable_vit_small').eval()

@@ -15,10 +15,10 @@ from scalablevit.checkpoint import CheckpointError
 from helpers import ROOT, free_port, run_command
 
 CLASSIFICATION = ROOT / 'classification'
-sys.path.insert(0, str(CLASSIFICATION))
+
+from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
 
 import main as cls_main  # noqa: E402
-from make_demo_dataset import make_dataset  # noqa: E402
 
 TINY = ['--model', 'scalable_vit_test', '--input-size', '32', '--device', 'cpu', '--num_workers', '0',
         '--warmup-epochs', '1', '--lr', '4e-3']
@@ -26,8 +26,8 @@ TINY = ['--model', 'scalable_vit_test', '--input-size', '32', '--device', 'cpu',
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=16, val_per_class=4,
-                        size=32)
+    return make_demo_image_folder(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=16, val_per_class=4,
+                                  size=32)
 
 
 def train_in_process(argv):
@@ -140,7 +140,7 @@ def test_finetune_to_other_classes_and_size(pretrained, tmp_path, monkeypatch, c
     """--finetune into 5 classes at 96 px: every tensor but the last classifier layer equals the checkpoint's EMA
     weights (the EMA rule), that layer keeps its fresh initialisation, and the log names it; --layer-decay
     scales the lr of earlier layer groups down."""
-    five = make_dataset(tmp_path / 'five', num_classes=5, train_per_class=4, val_per_class=2, size=96)
+    five = make_demo_image_folder(tmp_path / 'five', num_classes=5, train_per_class=4, val_per_class=2, size=96)
     captured = {}
 
     def capture(model, train_step, *args, **kwargs):

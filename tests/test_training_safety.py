@@ -20,12 +20,12 @@ from scalablevit.run_folder import LOCK_NAME, RunFolderError, lock_run_folder
 from helpers import ROOT, TINY_MODEL, create_tiny
 
 CLASSIFICATION = ROOT / 'classification'
-sys.path.insert(0, str(CLASSIFICATION))
+
+from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
 
 import image_data as cls_datasets  # noqa: E402
 import main as cls_main  # noqa: E402
-import utils as cls_utils  # noqa: E402
-from make_demo_dataset import make_dataset  # noqa: E402
+from errors import UserInputError  # noqa: E402
 
 TINY = ['--model', TINY_MODEL, '--input-size', '32', '--device', 'cpu', '--num_workers', '0']
 TRAIN = [*TINY, '--batch-size', '8', '--warmup-epochs', '1', '--lr', '4e-3']
@@ -37,7 +37,8 @@ def run_in_process(argv):
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=8, val_per_class=4, size=32)
+    return make_demo_image_folder(tmp_path_factory.mktemp('data'), num_classes=4, train_per_class=8, val_per_class=4,
+                                  size=32)
 
 
 @pytest.fixture(scope='module')
@@ -195,7 +196,7 @@ def test_second_run_on_a_folder_stops_at_once_naming_the_holder(data, tmp_path):
     in_flight.write_bytes(b'partial')
     try:
         started = time.time()
-        with pytest.raises(cls_utils.UserInputError, match='in use by another run: PID 4242 on node7'):
+        with pytest.raises(UserInputError, match='in use by another run: PID 4242 on node7'):
             run_in_process([*TRAIN, '--data-path', str(data), '--output_dir', str(out), '--epochs', '1'])
         assert time.time() - started < 5
         assert in_flight.exists()  # only the lock holder removes temporaries
@@ -272,7 +273,7 @@ def test_read_only_output_dir_fails_before_training(data, trained, tmp_path):
     out = copy_run(trained, tmp_path / 'read_only')
     out.chmod(0o555)
     try:
-        with pytest.raises(cls_utils.UserInputError, match='is not writable'):
+        with pytest.raises(UserInputError, match='is not writable'):
             run_in_process([*TRAIN, '--data-path', str(data), '--output_dir', str(out), '--epochs', '3'])
     finally:
         out.chmod(0o755)
@@ -280,7 +281,7 @@ def test_read_only_output_dir_fails_before_training(data, trained, tmp_path):
 
 def test_output_dir_that_is_a_file_fails_before_training(data, tmp_path):
     (tmp_path / 'out').write_text('not a folder')
-    with pytest.raises(cls_utils.UserInputError, match='exists as a file'):
+    with pytest.raises(UserInputError, match='exists as a file'):
         run_in_process([*TRAIN, '--data-path', str(data), '--output_dir', str(tmp_path / 'out'), '--epochs', '1'])
 
 
@@ -348,7 +349,7 @@ def test_resume_with_more_epochs_on_request(data, trained, tmp_path, capsys):
 def test_resume_refuses_changes_that_cannot_apply_mid_run(data, trained, tmp_path, flags, listed):
     out = copy_run(trained, tmp_path / 'fixed')
     argv = [*TRAIN, '--data-path', str(data), '--output_dir', str(out), '--epochs', '2', *flags]
-    with pytest.raises(cls_utils.UserInputError, match='cannot change mid-run') as error:
+    with pytest.raises(UserInputError, match='cannot change mid-run') as error:
         run_in_process(argv)
     assert listed in str(error.value) and '--override-resume' in str(error.value)
 
@@ -365,7 +366,7 @@ def test_resume_with_another_optimizer_on_request(data, trained, tmp_path, capsy
 
 def test_eval_without_a_checkpoint_is_an_error(data):
     """Used to evaluate random weights with exit 0."""
-    with pytest.raises(cls_utils.UserInputError, match='--eval needs the checkpoint to evaluate'):
+    with pytest.raises(UserInputError, match='--eval needs the checkpoint to evaluate'):
         run_in_process([*TINY, '--data-path', str(data), '--eval'])
 
 
@@ -373,7 +374,7 @@ def test_resume_a_folder_means_its_checkpoint(data, trained, tmp_path, capsys):
     run_in_process([*TINY, '--data-path', str(data), '--eval', '--resume', str(trained)])
     last = json.loads((trained / 'log.txt').read_text().splitlines()[-1])
     assert f"Loaded the 'model' weights of {trained / 'checkpoint.pth'}" in capsys.readouterr().out
-    with pytest.raises(cls_utils.UserInputError, match='is a folder without checkpoint.pth'):
+    with pytest.raises(UserInputError, match='is a folder without checkpoint.pth'):
         run_in_process([*TINY, '--data-path', str(data), '--eval', '--resume', str(tmp_path)])
     assert last['epoch'] == 1
 

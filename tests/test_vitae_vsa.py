@@ -1,7 +1,6 @@
 """ViTAEv2*+VSA (`scalablevit.vitae_vsa`): the released function to float32 rounding, the released parameter
 names, any input size, and the family's own rules (the timm API of every family: test_families.py)."""
 import math
-import sys
 
 import pytest
 import timm
@@ -14,7 +13,6 @@ from scalablevit.vsa import VSAttention, relative_position_index
 from helpers import (
     ATTENTION_PATHS,
     DATA_DIR,
-    ROOT,
     golden_input,
     golden_outputs,
     golden_state_dict,
@@ -199,11 +197,7 @@ def test_train_recipes_are_the_release_and_main_py_defaults():
         'vitaev2_vsa_s': dict(drop_path=0.1, warmup_epochs=10, weight_decay=0.05),
         'vitaev2_vsa_48m': dict(drop_path=0.25, warmup_epochs=10, weight_decay=0.055),
     }
-    sys.path.insert(0, str(ROOT / 'classification'))
-    try:
-        import main as cls_main
-    finally:
-        sys.path.remove(str(ROOT / 'classification'))
+    import main as cls_main
     for name, recipe in vitae_vsa.TRAIN_RECIPES.items():
         args = cls_main.parse_args(['--model', name])
         assert {key: getattr(args, key) for key in recipe} == recipe, name
@@ -216,11 +210,7 @@ def test_train_recipes_are_the_release_and_main_py_defaults():
 @pytest.mark.parametrize('name, gflops', [('vitaev2_vsa_s', 5.764), ('vitaev2_vsa_48m', 15.090)])
 def test_flops_equal_the_release(name, gflops):
     """fvcore's count of the released code at 224 (one multiply-add = one FLOP), by `tools/get_flops.py`."""
-    sys.path.insert(0, str(ROOT / 'tools'))
-    try:
-        import get_flops
-    finally:
-        sys.path.remove(str(ROOT / 'tools'))
+    import get_flops
     result = get_flops.count(name)
     assert result['shape'] == (224, 224) and result['params'] * 1e6 == pytest.approx(RELEASED_PARAMS[name], abs=0.5)
     assert result['flops'] == pytest.approx(gflops, abs=5e-4)

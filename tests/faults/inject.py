@@ -19,7 +19,7 @@ import torch  # noqa: E402
 import engine  # noqa: E402
 import main  # noqa: E402
 import run_state  # noqa: E402
-import utils  # noqa: E402
+from distributed_setup import get_rank  # noqa: E402
 from helpers import signal_job  # noqa: E402
 
 # phase: (module, attribute) whose call marks it
@@ -40,7 +40,7 @@ def signal_on_entry(owner, name: str, nth: int, signum: int) -> None:
 
     def wrapper(*args, **kwargs):
         entries.append(1)
-        if len(entries) == nth and utils.get_rank() == 0:
+        if len(entries) == nth and get_rank() == 0:
             signal_job(int(os.environ['FAULT_ROOT_PID']), signum)
         return original(*args, **kwargs)
 
