@@ -194,6 +194,24 @@ def test_mmengine_amp_optim_wrapper_refuses_cpu():
         AmpOptimWrapper(optimizer=torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
 
 
+
+@pytest.mark.parametrize('task, config', [('detection', 'retinanet_scalablevit-test_fpn_demo-coco.py'),
+                                          ('segmentation', 'upernet_swin-vsa-test_demo-cityscapes.py')])
+@pytest.mark.parametrize('request_amp', [['--amp'], ['--cfg-options', 'optim_wrapper.type=AmpOptimWrapper']])
+def test_dense_drivers_refuse_amp_without_a_gpu_in_one_line(tmp_path, task, config, request_amp):
+    """train.py --amp (or a config naming AmpOptimWrapper) where mmengine cannot run it: one `error:` line that
+    says what to do, before any work (no work dir), instead of mmengine's assertion after the model is built."""
+    pytest.importorskip('mmdet')
+    pytest.importorskip('mmseg')
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present: the drivers run --amp (tests/test_gpu.py)')
+    from scalablevit.openmmlab.runner import train
+    work = tmp_path / 'work'
+    with pytest.raises(SystemExit, match=r"^error: --amp \(mmengine's AmpOptimWrapper\) needs a CUDA device .*"
+                                         r"train without --amp"):
+        train([str(ROOT / task / 'configs' / 'demo' / config), '--work-dir', str(work), *request_amp])
+    assert not work.exists()
+
 @pytest.mark.slow
 @pytest.mark.parametrize('config', ['detection/configs/demo/retinanet_scalablevit-test_fpn_demo-coco.py',
                                     'segmentation/configs/demo/upernet_swin-vsa-test_demo-cityscapes.py'])

@@ -19,6 +19,7 @@ import sys
 from typing import Callable, List, Optional
 
 from mmengine.config import Config, DictAction
+from mmengine.device import is_cuda_available, is_mlu_available, is_musa_available, is_npu_available
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
@@ -84,6 +85,20 @@ def _driver(driver: Callable) -> Callable:
     return run
 
 
+def check_amp_device(cfg: Config) -> None:
+    """mmengine's AmpOptimWrapper (what `--amp` selects) asserts a GPU, NPU, MLU or MUSA device when the Runner
+    builds it, after the model: refuse it on other machines before any work, in one line. (Not CPU bfloat16
+    autocast instead: mmcv's CPU NMS and RoIAlign kernels stop two-stage detectors under it; the models under CPU
+    autocast are tested in tests/test_amp.py.)"""
+    kind = (cfg.get('optim_wrapper') or {}).get('type')
+    if getattr(kind, '__name__', str(kind)).rsplit('.', 1)[-1] != 'AmpOptimWrapper':
+        return
+    if not (is_cuda_available() or is_npu_available() or is_mlu_available() or is_musa_available()):
+        raise SystemExit('error: --amp (mmengine\'s AmpOptimWrapper) needs a CUDA device (or NPU, MLU, MUSA) and '
+                         'there is none here: train without --amp (the models under CPU autocast are tested by '
+                         'tests/test_amp.py)')
+
+
 def add_tensorboard(cfg: Config) -> None:
     """Add mmengine's TensorboardVisBackend to the config's visualizer (once)."""
     visualizer = cfg.get('visualizer')
@@ -117,6 +132,7 @@ def train(argv: Optional[List[str]] = None) -> None:
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
+    check_amp_device(cfg)
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise SystemExit('error: --auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
