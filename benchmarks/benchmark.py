@@ -84,7 +84,7 @@ def median_ratio(results: List[Dict], baseline: List[Dict], rate: Callable[[Dict
 
 
 def is_package_model(name: str) -> bool:
-    """Whether a timm model name is one of this package's models (any input size, FLOPs by get_flops)."""
+    """Whether a timm model name is one of this package's models (any input size, FLOPs by scalablevit.flops)."""
     import timm
 
     import scalablevit  # noqa: F401  (registers the models)
@@ -105,10 +105,9 @@ def create_model_for_size(name: str, img_size: int) -> torch.nn.Module:
 
 def multiply_adds(name: str, img_size: int) -> float:
     """Multiply-adds per image (fvcore's count), attention's matrix products included."""
-    sys.path.insert(0, str(ROOT / 'tools'))
-    import get_flops
+    from scalablevit.flops import count
     if is_package_model(name):
-        return get_flops.count(name, (img_size, img_size))['flops'] * 1e9
+        return count(name, (img_size, img_size))['flops'] * 1e9
     from mmengine.analysis import FlopAnalyzer
     model = create_model_for_size(name, img_size).eval()
     for module in model.modules():

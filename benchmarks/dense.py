@@ -32,8 +32,7 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from benchmark import CACHED_MALLOC_ENV, median_ratio, step_memory_mb, timed  # noqa: E402
+from benchmark import CACHED_MALLOC_ENV, median_ratio, step_memory_mb, timed
 
 # name: (backbone config, as a detection config would give it)
 BACKBONES = {

@@ -6,9 +6,10 @@ A family is one model file (`scalable_vit.py`, `swin_vsa.py`, ...) that ends wit
 
 after its timm entry points. `FAMILIES` then lists it for the generic code: the OpenMMLab backbones
 (`scalablevit.openmmlab` builds and registers `<backbone_name>` for each family), `classification/main.py` (the
-training-recipe defaults under explicit flags), the tools (`get_flops.py`, `paper.py`, `export_onnx.py`) and the
-shared test suite (`tests/test_families.py`, run on each family's `test` variant). Nothing outside the family file
-names a family. `docs/adding_a_family.md` says what a new family must provide and pass.
+training-recipe defaults under explicit flags), the FLOP counts (`flops.py`, `paper.py`), the tools
+(`get_flops.py`, `export_onnx.py`) and the shared test suite (`tests/test_families.py`, run on each family's `test`
+variant). Nothing outside the family file names a family. `docs/adding_a_family.md` says what a new family must
+provide and pass.
 """
 import sys
 from dataclasses import dataclass, field

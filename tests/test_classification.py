@@ -14,15 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
+from scalablevit.checkpoint import CheckpointError
+from scalablevit.demo_data import make_demo_image_folder
+
+import image_data as cls_datasets
+import main as cls_main
+from errors import UserInputError
+from helpers import free_port
+
 CLASSIFICATION = Path(__file__).resolve().parents[1] / 'classification'
-
-from scalablevit.checkpoint import CheckpointError  # noqa: E402
-from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
-
-import image_data as cls_datasets  # noqa: E402
-import main as cls_main  # noqa: E402
-from errors import UserInputError  # noqa: E402
-from helpers import free_port  # noqa: E402
 
 TINY_MODEL = ['--model', 'scalable_vit_test', '--input-size', '32']
 FAST = ['--batch-size', '8', '--warmup-epochs', '1', '--lr', '4e-3', '--device', 'cpu']

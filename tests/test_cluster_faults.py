@@ -14,17 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from scalablevit.demo_data import make_demo_image_folder
 from scalablevit.preemption import StopRequest
 
+import main as cls_main
+from errors import UserInputError
 from helpers import ROOT, free_port, signal_job
+from sampler import EpochOrder
 
 CLASSIFICATION = ROOT / 'classification'
-
-from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
-
-import main as cls_main  # noqa: E402
-from errors import UserInputError  # noqa: E402
-from sampler import EpochOrder  # noqa: E402
 
 EXIT_STOPPED = 75
 TINY = ['--model', 'scalable_vit_test', '--input-size', '32', '--device', 'cpu', '--warmup-epochs', '1',
@@ -277,7 +275,6 @@ def test_dist_eval_with_fewer_validation_shards_than_ranks(tmp_path):
                             env=environment(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Accuracy of the network on the 8 test images' in result.stdout
-
 
 
 @pytest.mark.slow

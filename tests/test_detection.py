@@ -9,13 +9,12 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 import scalablevit.openmmlab  # noqa: E402,F401  (registers the backbone)
+from scalablevit.demo_data import make_demo_coco  # noqa: E402
+from scalablevit.paper import paper_params, param_tolerance, reference_params  # noqa: E402
 
 from helpers import ROOT, run_command  # noqa: E402
 
 DETECTION = ROOT / 'detection'
-from scalablevit.demo_data import make_demo_coco  # noqa: E402
-
-from paper import paper_params, param_tolerance, reference_params  # noqa: E402
 
 PAPER_PARAMS = paper_params('detection/configs/')  # the paper's Table 3, in millions
 

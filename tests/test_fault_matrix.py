@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
+from scalablevit.demo_data import make_demo_image_folder
 
 from helpers import ROOT, free_port
-from make_shards import make_shards  # noqa: E402
+from make_shards import make_shards
 
 INJECT = Path(__file__).parent / 'faults' / 'inject.py'
 EXIT_STOPPED = 75

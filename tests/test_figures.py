@@ -5,11 +5,11 @@ import time
 import pytest
 import timm
 import torch
-import vsa_windows  # noqa: E402
 from PIL import Image
 
 import scalablevit  # noqa: F401  (registers the models in timm)
 
+import vsa_windows
 from helpers import ROOT, run_command
 
 

@@ -18,6 +18,7 @@ from PIL import Image  # noqa: E402
 
 import scalablevit.openmmlab  # noqa: E402,F401  (registers the backbones and the hook)
 from scalablevit import checkpoint as checkpoint_io  # noqa: E402
+from scalablevit.demo_data import make_demo_coco  # noqa: E402
 from scalablevit.openmmlab.checks import DataCheckError, DataCheckHook, validate_coco_file  # noqa: E402
 from scalablevit.openmmlab.compat import use_checkpoint_policy  # noqa: E402
 from scalablevit.openmmlab.runner import test as run_test  # noqa: E402
@@ -30,7 +31,6 @@ SEGMENTATION = ROOT / 'segmentation'
 RETINANET = DETECTION / 'configs' / 'demo' / 'retinanet_scalablevit-test_fpn_demo-coco.py'
 MASK_RCNN = DETECTION / 'configs' / 'demo' / 'mask-rcnn_scalablevit-test_fpn_demo-coco.py'
 SEM_FPN = SEGMENTATION / 'configs' / 'demo' / 'fpn_scalablevit-test_demo-ade.py'
-from scalablevit.demo_data import make_demo_coco  # noqa: E402
 
 
 def build_model(config: Path, scope: str) -> torch.nn.Module:

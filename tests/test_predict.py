@@ -12,15 +12,14 @@ from PIL import Image
 
 import scalablevit  # noqa: F401  (registers the models in timm)
 from scalablevit.checkpoint import save_checkpoint
+from scalablevit.demo_data import make_demo_image_folder
 
+import main as cls_main
+import predict
+from errors import UserInputError
 from helpers import ROOT, TINY_MODEL, run_command
 
 CLASSIFICATION = ROOT / 'classification'
-from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
-
-import main as cls_main  # noqa: E402
-import predict  # noqa: E402
-from errors import UserInputError  # noqa: E402
 
 
 def run_predict(*argv) -> None:

@@ -11,16 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from scalablevit.demo_data import make_demo_image_folder
 from scalablevit.preemption import StopRequest
 
+import main as cls_main
+import run_state
 from helpers import ROOT, free_port
 
 CLASSIFICATION = ROOT / 'classification'
-
-from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
-
-import main as cls_main  # noqa: E402
-import run_state  # noqa: E402
 
 EXIT_STOPPED = 75
 TRAINING = ['--model', 'scalable_vit_test', '--input-size', '32', '--batch-size', '8', '--warmup-epochs', '1',

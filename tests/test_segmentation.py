@@ -9,13 +9,12 @@ from mmengine.registry import init_default_scope  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import scalablevit.openmmlab  # noqa: E402,F401  (registers the backbone)
+from scalablevit.demo_data import make_demo_ade  # noqa: E402
+from scalablevit.paper import paper_params, param_tolerance, reference_params  # noqa: E402
 
 from helpers import ROOT, run_command  # noqa: E402
 
 SEGMENTATION = ROOT / 'segmentation'
-from scalablevit.demo_data import make_demo_ade  # noqa: E402
-
-from paper import paper_params, param_tolerance, reference_params  # noqa: E402
 
 PAPER_PARAMS = paper_params('segmentation/configs/')  # the paper's Table 4, in millions
 

@@ -13,13 +13,13 @@ from torchvision import transforms
 from helpers import ROOT, run_command
 
 pytest.importorskip('webdataset')
-CLASSIFICATION = ROOT / 'classification'
-
 from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
 
 import shards as cls_shards  # noqa: E402
 from errors import UserInputError  # noqa: E402
 from make_shards import make_shards  # noqa: E402
+
+CLASSIFICATION = ROOT / 'classification'
 
 
 @pytest.fixture(scope='module')

@@ -13,11 +13,12 @@ from PIL import Image
 
 import scalablevit
 
-ROOT = Path(__file__).resolve().parents[1]
-import export_onnx  # noqa: E402
-import get_flops  # noqa: E402
+import export_onnx
+import get_flops
+from helpers import TINY_ARGS, TINY_MODEL
 
-from helpers import TINY_ARGS, TINY_MODEL  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 # the package's families (a subprocess does not see the test-only one of tests/toy_family.py)
 PACKAGE_FAMILIES = [f for f in scalablevit.FAMILIES if f.model_cls.__module__.startswith('scalablevit.')]

@@ -11,14 +11,12 @@ import torch
 from timm.utils import random_seed
 
 from scalablevit.checkpoint import CheckpointError
+from scalablevit.demo_data import make_demo_image_folder
 
+import main as cls_main
 from helpers import ROOT, free_port, run_command
 
 CLASSIFICATION = ROOT / 'classification'
-
-from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
-
-import main as cls_main  # noqa: E402
 
 TINY = ['--model', 'scalable_vit_test', '--input-size', '32', '--device', 'cpu', '--num_workers', '0',
         '--warmup-epochs', '1', '--lr', '4e-3']

@@ -15,17 +15,15 @@ import torch
 from PIL import Image
 
 from scalablevit import checkpoint as checkpoint_io
+from scalablevit.demo_data import make_demo_image_folder
 from scalablevit.run_folder import LOCK_NAME, RunFolderError, lock_run_folder
 
+import image_data as cls_datasets
+import main as cls_main
+from errors import UserInputError
 from helpers import ROOT, TINY_MODEL, create_tiny
 
 CLASSIFICATION = ROOT / 'classification'
-
-from scalablevit.demo_data import make_demo_image_folder  # noqa: E402
-
-import image_data as cls_datasets  # noqa: E402
-import main as cls_main  # noqa: E402
-from errors import UserInputError  # noqa: E402
 
 TINY = ['--model', TINY_MODEL, '--input-size', '32', '--device', 'cpu', '--num_workers', '0']
 TRAIN = [*TINY, '--batch-size', '8', '--warmup-epochs', '1', '--lr', '4e-3']
