@@ -180,7 +180,7 @@ def backbone_steps(size: Tuple[int, int], batch: int) -> Dict[str, Callable]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--stages', type=int, nargs='+', default=[1, 2], choices=sorted(STAGES))
+    parser.add_argument('--stages', type=int, nargs='*', default=[1, 2], choices=sorted(STAGES))
     parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 2])
     parser.add_argument('--moved', type=float, nargs='+', default=[0., 0.01],
                         help="std of the regressor's last conv weights (0: a fresh model's default windows)")
