@@ -2,11 +2,13 @@
 from typing import Optional
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-__all__ = ['LARGE_ATTENTION_SCORES', 'SMALL_ATTENTION_TOKENS', 'attend', 'check_input_size', 'key_padding_mask',
-           'sdpa_equal_widths', 'sdpa_is_faster']
+__all__ = ['LARGE_ATTENTION_SCORES', 'SMALL_ATTENTION_TOKENS', 'attend', 'check_input_size', 'fuse_conv_bn',
+           'key_padding_mask', 'sdpa_equal_widths', 'sdpa_is_faster']
 
 # Below this many queries and keys, CPU attention is faster as two batched matmuls than through SDPA.
 SMALL_ATTENTION_TOKENS = 64
@@ -127,3 +129,31 @@ def check_input_size(x: torch.Tensor, min_size: int, model_name: str, reason: st
             f'Resize or pad the image.'
         )
     return x
+
+
+@torch.no_grad()
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """Fold each BatchNorm that directly follows a convolution inside an `nn.Sequential` into that convolution,
+    for inference (as timm's and MMDetection's deploy paths do); returns `model`, in eval mode.
+
+    The BatchNorm's running statistics and affine map become the convolution's weight and bias (a bias is added
+    where the convolution had none) and the BatchNorm is replaced by `nn.Identity`, so the convolution keeps its
+    state-dict keys and the BatchNorm's disappear. Only `nn.Sequential` children are fused: there registration
+    order is execution order. BatchNorms without running statistics are refused.
+    """
+    model.eval()
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if not isinstance(conv, nn.modules.conv._ConvNd) or not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                continue
+            if bn.running_mean is None or bn.running_var is None:
+                raise ValueError(f'{type(bn).__name__} after {conv} has no running statistics '
+                                 '(track_running_stats=False): it normalises by batch statistics and cannot fold')
+            conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                          bn.eps, bn.weight, bn.bias,
+                                                          transpose=isinstance(conv, nn.modules.conv._ConvTransposeNd))
+            seq[i + 1] = nn.Identity()
+    return model

@@ -46,7 +46,7 @@ from timm.models._features import feature_take_indices
 
 from .checkpoint import filter_for_model, read_pretrained_file
 from .family import ModelFamily, register_family
-from .layers import check_input_size
+from .layers import check_input_size, fuse_conv_bn
 from .vsa import (
     check_finite_regression,
     gather_relative_position_bias,
@@ -474,6 +474,7 @@ class ViTAEv2VSA(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        self.convs_fused = False  # set by `fuse()`
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -506,6 +507,26 @@ class ViTAEv2VSA(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for layer in self.layers:
             layer.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def fuse(self) -> 'ViTAEv2VSA':
+        """Fold every PCM BatchNorm into the convolution before it, for inference (`fuse_conv_bn`); returns the
+        model in eval mode, with the same outputs to float32 rounding.
+
+        One-way and for inference only: the fused model refuses `train()` (a folded BatchNorm has no batch
+        statistics left to train), and its state dict is not the released format (no `PCM.1.*` / `PCM.4.*`
+        BatchNorm keys; the folded values under `PCM.0.*` / `PCM.3.*`), so save and load the unfused model and
+        fuse after loading.
+        """
+        fuse_conv_bn(self)
+        self.convs_fused = True
+        return self
+
+    def train(self, mode: bool = True) -> 'ViTAEv2VSA':
+        if mode and self.convs_fused:
+            raise RuntimeError(f'{type(self).__name__} was fused for inference (`fuse()`, BatchNorms folded into '
+                               'the convolutions) and cannot train; build or load the unfused model to train it')
+        return super().train(mode)
 
     @torch.jit.ignore
     def set_fused_attn(self, enable: bool = True) -> None:

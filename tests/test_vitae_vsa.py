@@ -1,5 +1,6 @@
 """ViTAEv2*+VSA (`scalablevit.vitae_vsa`): the released function to float32 rounding, the released parameter
 names, any input size, and the family's own rules (the timm API of every family: test_families.py)."""
+import copy
 import math
 
 import pytest
@@ -8,6 +9,7 @@ import timm.optim
 import torch
 
 from scalablevit import vitae_vsa
+from scalablevit.layers import fuse_conv_bn
 from scalablevit.vsa import VSAttention, relative_position_index
 
 from helpers import (
@@ -24,6 +26,7 @@ from helpers import (
 )
 
 MAX_RELATIVE_ERROR = 1e-5
+BF16_MAX_RELATIVE_ERROR = 2e-2
 REGRESSOR_KEYS = ('sampling_offsets.2.weight', 'sampling_offsets.2.bias', 'sampling_scales.2.weight',
                   'sampling_scales.2.bias')
 RELEASED = 'vitaev2_vsa_s'
@@ -285,3 +288,82 @@ def test_no_weight_decay_follows_the_release(tiny):
         assert (id(param) in no_decay) == (param.ndim <= 1), name
 
 
+
+
+def randomize_batchnorms(model):
+    """Running statistics and affine maps far from the constructor's identity, so folding them is not a no-op."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                shape = module.running_mean.shape
+                module.running_mean.copy_(torch.randn(shape, generator=generator) * 0.5)
+                module.running_var.copy_(torch.rand(shape, generator=generator) * 2 + 0.1)
+                module.weight.copy_(torch.randn(shape, generator=generator))
+                module.bias.copy_(torch.randn(shape, generator=generator) * 0.5)
+    return model
+
+
+def fused_pair(model):
+    """(the eval-mode model, a fused copy): the copy's BatchNorms folded, the original left as it was."""
+    model = randomize_batchnorms(model).eval()
+    return model, copy.deepcopy(model).fuse()
+
+
+def dense_tiny():
+    from scalablevit.openmmlab.backbone import ViTAEv2VSABackbone
+    torch.manual_seed(0)
+    return ViTAEv2VSABackbone(arch='test')
+
+
+@pytest.mark.parametrize('make', [lambda: timm.create_model(TINY), dense_tiny], ids=['classifier', 'backbone'])
+@pytest.mark.parametrize('size', [(224, 224), (197, 251)])
+def test_fuse_keeps_the_outputs(make, size):
+    torch.manual_seed(0)
+    model, fused = fused_pair(make())
+    assert not fused.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        refs, outs = model(x), fused(x)
+    refs, outs = (refs,) if torch.is_tensor(refs) else refs, (outs,) if torch.is_tensor(outs) else outs
+    assert len(outs) == len(refs)
+    for out, ref in zip(outs, refs):
+        assert out.shape == ref.shape
+        assert relative_error(out, ref) < MAX_RELATIVE_ERROR
+        assert (out - ref).abs().max() < 1e-5 * ref.abs().max()
+
+
+def test_fuse_under_bfloat16_autocast_is_as_close_as_the_unfused_model():
+    """bfloat16 rounds the folded weights instead of the BatchNorm's input: each model is about as far from the
+    float32 reference as the other (~0.5 % relative), and they differ from each other by as much."""
+    torch.manual_seed(0)
+    model, fused = fused_pair(dense_tiny())
+    x = torch.randn(1, 3, 97, 131)
+    with torch.no_grad():
+        refs = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            unfused_bf16, fused_bf16 = model(x), fused(x)
+    for ref, out_unfused, out_fused in zip(refs, unfused_bf16, fused_bf16):
+        err_unfused, err_fused = relative_error(out_unfused.float(), ref), relative_error(out_fused.float(), ref)
+        assert err_fused < min(2 * err_unfused, BF16_MAX_RELATIVE_ERROR)
+        assert relative_error(out_fused.float(), out_unfused.float()) < BF16_MAX_RELATIVE_ERROR
+
+
+def test_fuse_changes_nothing_else_and_refuses_training(tiny):
+    keys = list(tiny.state_dict())
+    model, fused = fused_pair(tiny)
+    assert list(model.state_dict()) == keys and not model.convs_fused
+    model.train()  # the unfused model trains as before
+    batchnorm_keys = [k for k in keys if '.PCM.1.' in k or '.PCM.4.' in k]
+    assert batchnorm_keys and list(fused.state_dict()) == [k for k in keys if k not in batchnorm_keys]
+    assert fused.fuse() is fused  # a second fuse finds nothing more to fold
+    with pytest.raises(RuntimeError, match='fused for inference'):
+        fused.train()
+    assert not fused.training
+
+
+def test_fuse_conv_bn_refuses_batch_statistics():
+    seq = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, track_running_stats=False))
+    with pytest.raises(ValueError, match='no running statistics'):
+        fuse_conv_bn(seq)
