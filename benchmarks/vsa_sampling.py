@@ -20,16 +20,12 @@ and a backward of a random cotangent (the regressor's gradient included).
 """
 import argparse
 import statistics
-import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable, Dict, Iterator, Tuple
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 GRID_SAMPLE = F.grid_sample
 # Swin-T+VSA at 800x1344: the stage-1 map is 200x336 (patch 4), stage 2 100x168
