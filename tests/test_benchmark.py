@@ -124,3 +124,40 @@ def test_dense_work_counts_attention_inside_sdpa(model):
     if model != 'swin-t-vsa':  # (its 49-token windows take the explicit ops on CPU: nothing to miss)
         missed = sum(explicit.values()) - sum(without_handle.values())  # SDPA's products, uncounted by mmengine
         assert missed > (1e7 if model == 'scalablevit-s' else 1e8)  # S: stage-1 SSA only at 224; ScopeViT: MSSA
+
+
+def test_small_data_textures_are_distinct_real_regions_and_mosaics_are_labelled_per_pixel():
+    """benchmarks/dense_small_data.py: eleven different photo regions; every mosaic pixel carries the class
+    whose texture it shows."""
+    import numpy as np
+    pytest.importorskip('sklearn')
+    import dense_small_data
+
+    regions = dense_small_data.texture_regions(dense_small_data.photographs())
+    assert len(regions) == len(dense_small_data.CLASSES) == 11
+    means = np.array([region.mean(axis=(0, 1)) for region in regions])
+    assert min(np.linalg.norm(means[i] - means[j]) + abs(regions[i].std() - regions[j].std())
+               for i in range(11) for j in range(i)) > 1  # no region chosen twice
+    # flat single-colour "textures": each pixel's colour must name its label
+    flat = [np.full((96, 96, 3), 20.0 * k) for k in range(11)]
+    image, labels = dense_small_data.mosaic(flat, 128, np.random.default_rng(0))
+    assert image.shape == (128, 128, 3) and labels.shape == (128, 128) and 2 <= len(np.unique(labels)) <= 5
+    assert np.array_equal(image[..., 0], 20.0 * labels)
+
+
+@pytest.mark.parametrize('backbone', ['scalable_vit_test', 'resnet18_quarter'])
+def test_small_data_config_swaps_only_the_backbone(tmp_path, backbone):
+    pytest.importorskip('mmseg')
+    import dense_small_data
+    from mmengine.config import Config
+
+    path = tmp_path / 'config.py'
+    path.write_text(dense_small_data.fine_tune_config(tmp_path, backbone, None, 300, 2, 2e-3, 0.0,
+                                                      backbone_lr_mult=0.5))
+    cfg = Config.fromfile(str(path))
+    expected = 'ScalableViTBackbone' if backbone == 'scalable_vit_test' else 'ResNetV1c'
+    assert cfg.model.backbone.type == expected and cfg.model.backbone.init_cfg is None
+    assert cfg.model.decode_head.num_classes == 11 and cfg.model.neck.in_channels == [16, 32, 64, 128]
+    assert cfg.train_cfg.max_iters == 300 and cfg.randomness.seed == 2
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys.backbone.lr_mult == 0.5
+    assert cfg.train_dataloader.dataset.type == 'BaseSegDataset'
