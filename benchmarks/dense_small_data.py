@@ -21,6 +21,7 @@ OUT/results.json, so an interrupted run continues where it stopped. Needs scikit
 import argparse
 import ast
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -220,7 +221,7 @@ def main() -> None:
             name, _, options = setting.partition(':')
             base, _, overrides = options.partition(':') if options else (name, '', '')
             values: Dict[str, Any] = dict(drop_path=args.drop_path, lr=args.lr)
-            for item in filter(None, overrides.split(',')):
+            for item in filter(None, re.split(r',(?=\w+=)', overrides)):  # sr_ratios=(4,2,1,1) stays whole
                 key, _, value = item.partition('=')
                 values[key] = ast.literal_eval(value)
             timm_name = BACKBONES[backbone][1]
