@@ -297,6 +297,23 @@ def test_segmentation_training_stops_on_out_of_range_labels(ade, tmp_path):
         run_train([str(SEM_FPN), '--work-dir', str(tmp_path / 'work')])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('options, message', [
+    (['model.decode_head.num_classes=100'], 'error: model.decode_head (FPNHead) predicts num_classes=100'),
+    (['param_scheduler.0.begin=5', 'param_scheduler.0.end=5'], 'ValueError: end should be larger than begin'),
+], ids=['class-count', 'bad-schedule'])
+def test_failure_before_the_first_step_exits_with_loader_workers(ade, tmp_path, options, message):
+    """A run that fails after the iteration-based loop is built and before it trains (its data check, a
+    schedule mmengine refuses, a checkpoint that does not fit) exits at once. mmengine's loop starts the loader's
+    workers when it is built; they ignore SIGTERM (so that a signal to the process group reaches the main
+    process first), and the interpreter's exit ends daemonic workers with SIGTERM and waits for them: it waited
+    forever."""
+    result = run_command([str(SEGMENTATION / 'train.py'), str(SEM_FPN), '--work-dir', str(tmp_path / 'work'),
+                          '--cfg-options', 'train_dataloader.num_workers=1', 'train_dataloader.persistent_workers=True',
+                          *options], cwd=tmp_path, timeout=240, check=False)
+    assert result.returncode == 1 and message in result.stderr, result.stderr[-2000:]
+
+
 # --- one run per work dir ---------------------------------------------------------------------------------
 
 def test_second_training_run_on_a_work_dir_stops_at_once(coco, tmp_path):

@@ -250,6 +250,11 @@ class PreemptibleIterBasedTrainLoop(_Preemptible, IterBasedTrainLoop):
     def __init__(self, runner, dataloader: Union[DataLoader, dict], max_iters: int, requeue: bool = False,
                  **kwargs):
         self._init(IterBasedTrainLoop.__init__, runner, dataloader, max_iters, requeue, **kwargs)
+        # mmengine's __init__ started the loader's workers; `run` starts its own stream. Until then no worker
+        # lives: workers ignore SIGTERM, so one left by a run that fails before training (its data check, its
+        # schedule, a checkpoint that does not fit) would keep the interpreter's exit waiting forever.
+        _shut_down_workers(self.dataloader_iterator._iterator)
+        self.dataloader._iterator = None  # a persistent loader starts new workers at the next iter()
 
     def run(self):
         """mmengine's run, with stop checks (after every iteration, after validations) and the resumed stream
