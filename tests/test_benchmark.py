@@ -145,19 +145,60 @@ def test_small_data_textures_are_distinct_real_regions_and_mosaics_are_labelled_
     assert np.array_equal(image[..., 0], 20.0 * labels)
 
 
+def test_small_data_boxes_are_the_object_textures_and_overlap_little():
+    """The detection images: each box holds exactly its class's (flat) texture, the rest a background one."""
+    import numpy as np
+    pytest.importorskip('sklearn')
+    import dense_small_data
+
+    flat = [np.full((96, 96, 3), 20.0 * k + 5) for k in range(11)]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        image, boxes, labels = dense_small_data.boxes_on_texture(flat, 128, rng)
+        assert 1 <= len(boxes) == len(labels) <= 3 and image.shape == (128, 128, 3)
+        covered = np.zeros((128, 128), bool)
+        for (x, y, w, h), label in zip(boxes, labels):
+            assert 24 <= w <= 56 and 24 <= h <= 56 and x + w <= 128 and y + h <= 128 and 0 <= label < 8
+            covered[y:y + h, x:x + w] = True
+        for i, box in enumerate(boxes):
+            assert all(dense_small_data.box_iou(box, other) <= 0.1 for other in boxes[:i])
+        later = {}  # a later box paints over an earlier one: the last box at a pixel owns it
+        for (x, y, w, h), label in zip(boxes, labels):
+            later.update({(r, c): label for r in range(y, y + h) for c in range(x, x + w)})
+        for (r, c), label in later.items():
+            assert image[r, c, 0] == 20.0 * label + 5
+        background = image[~covered][:, 0]
+        assert len(np.unique(background)) == 1 and (background[0] - 5) / 20 >= 8
+    assert dense_small_data.box_iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+
+
+@pytest.mark.parametrize('task', ['seg', 'det'])
 @pytest.mark.parametrize('backbone', ['scalable_vit_test', 'resnet18_quarter'])
-def test_small_data_config_swaps_only_the_backbone(tmp_path, backbone):
-    pytest.importorskip('mmseg')
+def test_small_data_config_swaps_only_the_backbone(tmp_path, backbone, task):
+    """Both fine-tuning configs load, build their model with the chosen backbone and run it on a 128 image."""
+    import torch
+    pytest.importorskip('mmseg' if task == 'seg' else 'mmdet')
     import dense_small_data
     from mmengine.config import Config
+    from mmengine.registry import init_default_scope
 
+    make_config = dense_small_data.TASKS[task][0]
     path = tmp_path / 'config.py'
-    path.write_text(dense_small_data.fine_tune_config(tmp_path, backbone, None, 300, 2, 2e-3, 0.0,
-                                                      backbone_lr_mult=0.5))
+    path.write_text(make_config(tmp_path, backbone, None, 300, 2, 2e-3, 0.0, backbone_lr_mult=0.5))
     cfg = Config.fromfile(str(path))
-    expected = 'ScalableViTBackbone' if backbone == 'scalable_vit_test' else 'ResNetV1c'
+    expected = 'ScalableViTBackbone' if backbone == 'scalable_vit_test' else 'ResNet'
     assert cfg.model.backbone.type == expected and cfg.model.backbone.init_cfg is None
-    assert cfg.model.decode_head.num_classes == 11 and cfg.model.neck.in_channels == [16, 32, 64, 128]
     assert cfg.train_cfg.max_iters == 300 and cfg.randomness.seed == 2
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys.backbone.lr_mult == 0.5
-    assert cfg.train_dataloader.dataset.type == 'BaseSegDataset'
+    if task == 'seg':
+        assert cfg.model.decode_head.num_classes == 11 and cfg.model.neck.in_channels == [16, 32, 64, 128]
+        assert cfg.train_dataloader.dataset.type == 'BaseSegDataset'
+        from mmseg.registry import MODELS
+    else:
+        assert cfg.model.bbox_head.num_classes == 8 and cfg.model.neck.in_channels == [32, 64, 128]
+        assert cfg.model.backbone.out_indices == (1, 2, 3) and cfg.train_cfg.type == 'IterBasedTrainLoop'
+        from mmdet.registry import MODELS
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model)
+    features = model.extract_feat(torch.zeros(1, 3, 128, 128))
+    assert [f.shape[1] for f in features] == ([64] * 4 if task == 'seg' else [64] * 5)
