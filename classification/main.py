@@ -486,6 +486,7 @@ def cli(argv: Optional[List[str]] = None) -> int:
         print(f'error: {error}', file=sys.stderr, flush=True)
         status = 3
     except TrainingStopped as stopped:
+        ignore_stop_signals()  # srun --kill-on-bad-exit TERMs a rank still exiting after another exits 75
         print(str(stopped), file=sys.stderr, flush=True)
         status = EXIT_STOPPED
     finally:

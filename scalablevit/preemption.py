@@ -94,8 +94,9 @@ class StopRequest:
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader `worker_init_fn`: workers ignore SIGTERM/SIGUSR1, which Slurm sends to every process of a job
-    step, so that the main process can finish its step and save (it shuts its workers down itself)."""
+    """Ignore SIGTERM/SIGUSR1, which Slurm sends to every process of a job step. As a DataLoader `worker_init_fn`:
+    the main process can finish its step and save (it shuts its workers down itself). In a stopped run's main
+    process: its exit status stays 75 while srun ends the step's other tasks after the first one exits."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 

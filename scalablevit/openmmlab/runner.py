@@ -25,7 +25,7 @@ from mmengine.runner import Runner
 
 from ..checkpoint import CheckpointError
 from ..distributed import close_process_group, set_slurm_rendezvous
-from ..preemption import EXIT_STOPPED, TrainingStopped
+from ..preemption import EXIT_STOPPED, TrainingStopped, ignore_stop_signals
 from ..run_folder import RunFolderError, lock_run_folder
 from .checks import DataCheckError, checkpoint_mismatch, validate_annotation_files
 from .compat import prepare_cpu_distributed, use_checkpoint_policy
@@ -77,6 +77,7 @@ def _driver(driver: Callable) -> Callable:
         except (RunFolderError, DataCheckError, CheckpointError) as error:
             message = f'error: {error}'  # the traceback, and the Runner in its frames, go with this block
         except TrainingStopped as stopped:
+            ignore_stop_signals()  # srun --kill-on-bad-exit TERMs a rank still exiting after another exits 75
             print(stopped, file=sys.stderr, flush=True)
             message = EXIT_STOPPED
         finally:
