@@ -88,6 +88,12 @@ def texture_regions(photos: List[np.ndarray], count: int = len(CLASSES), height:
     return [regions[i] for i in chosen]
 
 
+def texture_halves() -> Dict[int, List[np.ndarray]]:
+    """The class regions split for training (0: left halves) and validation (1: right halves)."""
+    regions = texture_regions(photographs())
+    return {0: [r[:, :r.shape[1] // 2] for r in regions], 1: [r[:, r.shape[1] // 2:] for r in regions]}
+
+
 def texture_crop(region: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """A random square crop (60-100 % of the region's side), flipped at random, resized to size x size."""
     side = int(region.shape[0] * rng.uniform(0.6, 1.0))
@@ -114,8 +120,7 @@ def make_data(out: Path, seed: int = 0) -> None:
     if (out / 'done').exists():
         return
     rng = np.random.default_rng(seed)
-    regions = texture_regions(photographs())
-    halves = {0: [r[:, :r.shape[1] // 2] for r in regions], 1: [r[:, r.shape[1] // 2:] for r in regions]}
+    halves = texture_halves()
     for split, half, count in (('training', 0, 400), ('validation', 1, 100)):
         for kind in ('images', 'annotations'):
             (out / 'seg' / kind / split).mkdir(parents=True, exist_ok=True)
@@ -161,8 +166,7 @@ def make_detection_data(out: Path, seed: int = 1) -> None:
     if (root / 'done').exists():
         return
     rng = np.random.default_rng(seed)
-    regions = texture_regions(photographs())
-    halves = {0: [r[:, :r.shape[1] // 2] for r in regions], 1: [r[:, r.shape[1] // 2:] for r in regions]}
+    halves = texture_halves()
     for split, half, count in (('train', 0, 400), ('val', 1, 100)):
         (root / f'{split}2017').mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
@@ -263,7 +267,7 @@ def detection_config(out: Path, backbone: str, pretrained: Optional[Path], iters
                      drop_path: float, backbone_lr_mult: float = 1.0, **backbone_kwargs: Any) -> str:
     """The RetinaNet demo config on the texture boxes for one backbone: stages 1-3 into the FPN (P3-P7)."""
     data = out / 'det'
-    warmup = min(100, iters // 10)
+    warmup = max(1, min(100, iters // 10))
     backbone_kwargs.setdefault('out_indices', (1, 2, 3))
     return f'''_base_ = ['{DET_DEMO}']
 model = dict(
@@ -375,6 +379,8 @@ def main() -> None:
     parser.add_argument('--drop-path', type=float, default=0.0, help="default: the demo configs' (0 for tiny models)")
     parser.add_argument('--lr', type=float, default=None, help='default: 2e-3 (seg), 1e-3 (det)')
     args = parser.parse_args()
+    if args.iters < 2:
+        parser.error(f'--iters must be at least 2 (a warm-up and a decay), got {args.iters}')
     out = args.out.resolve()
     make_data(out)
     if 'det' in args.tasks:
