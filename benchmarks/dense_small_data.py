@@ -32,6 +32,7 @@ import re
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -47,17 +48,37 @@ FINE_TUNING_KEYS = ('lr', 'drop_path', 'backbone_lr_mult', 'norm_outputs', 'out_
 CLASSES = tuple(f'texture_{i:02d}' for i in range(11))
 DET_CLASSES = 8  # detection: the first eight textures are objects, the last three only backgrounds
 
-# backbone name -> (arguments of model.backbone, timm model pre-trained by main.py or None)
-BACKBONES: Dict[str, Tuple[str, str]] = {
-    'scalable_vit_test': ("type='ScalableViTBackbone', arch='test', drop_path_rate={drop_path}",
-                          'scalable_vit_test'),
-    'swin_vsa_test': ("type='SwinVSABackbone', arch='test', drop_path_rate={drop_path}", 'swin_vsa_test'),
-    'vitaev2_vsa_test': ("type='ViTAEv2VSABackbone', arch='test', drop_path_rate={drop_path}",
-                         'vitaev2_vsa_test'),
-    'scope_vit_test': ("type='ScopeViTBackbone', arch='test', drop_path_rate={drop_path}", 'scope_vit_test'),
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One row's backbone: `config` holds model.backbone's arguments ({drop_path} filled in); `timm_model` and
+    `timm_kwargs` are what classification/main.py pre-trains (None: no pre-trained rows); `timm_features`: a
+    timm model inside MMSegmentation's TIMMBackbone, which loads a pre-trained file by timm's rules."""
+    config: str
+    timm_model: Optional[str] = None
+    timm_kwargs: Dict[str, Any] = field(default_factory=dict)
+    timm_features: bool = False
+    tasks: Tuple[str, ...] = ('seg', 'det')
+
+
+QUARTER_RESNET_D = dict(channels=(16, 32, 64, 128), stem_width=32)  # ResNet-18-D, deep stem 32-32-64
+BACKBONES: Dict[str, Backbone] = {
+    'scalable_vit_test': Backbone("type='ScalableViTBackbone', arch='test', drop_path_rate={drop_path}",
+                                  'scalable_vit_test'),
+    'swin_vsa_test': Backbone("type='SwinVSABackbone', arch='test', drop_path_rate={drop_path}", 'swin_vsa_test'),
+    'vitaev2_vsa_test': Backbone("type='ViTAEv2VSABackbone', arch='test', drop_path_rate={drop_path}",
+                                 'vitaev2_vsa_test'),
+    'scope_vit_test': Backbone("type='ScopeViTBackbone', arch='test', drop_path_rate={drop_path}", 'scope_vit_test'),
     # ResNetV1c-18 (deep stem, 64 channels) at a quarter of its width, in MMSegmentation's and MMDetection's ResNet
-    'resnet18_quarter': ("type='ResNet', depth=18, deep_stem=True, stem_channels=64, base_channels=16, "
-                         "norm_cfg=dict(type='BN', requires_grad=True), norm_eval=False, style='pytorch'", None),
+    'resnet18_quarter': Backbone("type='ResNet', depth=18, deep_stem=True, stem_channels=64, base_channels=16, "
+                                 "norm_cfg=dict(type='BN', requires_grad=True), norm_eval=False, style='pytorch'"),
+    # the same CNN as a timm model (ResNet-18-D: deep stem, average-pool shortcuts), so that main.py pre-trains
+    # it like the transformers; MMSegmentation only (TIMMBackbone)
+    'resnet18d_quarter': Backbone("type='TIMMBackbone', model_name='resnet18d', features_only=True, "
+                                  f"out_indices=(1, 2, 3, 4), channels={QUARTER_RESNET_D['channels']}, "
+                                  f"stem_width={QUARTER_RESNET_D['stem_width']}", 'resnet18d', QUARTER_RESNET_D,
+                                  timm_features=True, tasks=('seg',)),
 }
 
 
@@ -213,9 +234,14 @@ def pretrain(out: Path, model: str, epochs: int, model_kwargs: Dict[str, Any]) -
 def backbone_config(backbone: str, pretrained: Optional[Path], drop_path: float, **backbone_kwargs: Any) -> str:
     """`model.backbone` of the fine-tuning configs; `backbone_kwargs` are the ablations' extra backbone
     arguments (e.g. norm_outputs=False, out_indices=(1, 2, 3))."""
+    spec = BACKBONES[backbone]
     extra = ''.join(f', {key}={value!r}' for key, value in backbone_kwargs.items())
-    init = f"dict(type='Pretrained', checkpoint='{pretrained}')" if pretrained else 'None'
-    return f"dict({BACKBONES[backbone][0].format(drop_path=drop_path)}, _delete_=True, init_cfg={init}{extra})"
+    if spec.timm_features:  # timm's loader: the classifier is dropped, a missing or unused tensor is an error
+        init = (f"pretrained=True, pretrained_cfg_overlay=dict(file='{pretrained}')" if pretrained
+                else 'pretrained=False')
+    else:
+        init = 'init_cfg=' + (f"dict(type='Pretrained', checkpoint='{pretrained}')" if pretrained else 'None')
+    return f"dict({spec.config.format(drop_path=drop_path)}, _delete_=True, {init}{extra})"
 
 
 def segmentation_config(out: Path, backbone: str, pretrained: Optional[Path], iters: int, seed: int, lr: float,
@@ -394,8 +420,8 @@ def main() -> None:
         for item in filter(None, re.split(r',(?=\w+=)', overrides)):  # sr_ratios=(4,2,1,1) stays whole
             key, _, value = item.partition('=')
             values[key] = ast.literal_eval(value)
-        timm_name = BACKBONES[backbone][1]
-        if base == 'pretrained' and timm_name is None:
+        spec = BACKBONES[backbone]
+        if task not in spec.tasks or (base == 'pretrained' and spec.timm_model is None):
             continue
         for seed in args.seeds:
             key = f'{task}/{backbone}/{name}/seed{seed}'
@@ -404,7 +430,8 @@ def main() -> None:
             pretrained = None
             if base == 'pretrained':
                 architecture = {k: v for k, v in values.items() if k not in FINE_TUNING_KEYS}
-                pretrained = pretrain(out, timm_name, args.pretrain_epochs, architecture)
+                pretrained = pretrain(out, spec.timm_model, args.pretrain_epochs,
+                                      dict(spec.timm_kwargs, **architecture))
             config = make_config(out, backbone, pretrained, args.iters, seed, **values)
             result = fine_tune(out, task, key.replace('/', '_'), config, args.iters)
             add_result(results_path, key, result)

@@ -202,3 +202,32 @@ def test_small_data_config_swaps_only_the_backbone(tmp_path, backbone, task):
     model = MODELS.build(cfg.model)
     features = model.extract_feat(torch.zeros(1, 3, 128, 128))
     assert [f.shape[1] for f in features] == ([64] * 4 if task == 'seg' else [64] * 5)
+
+
+def test_small_data_timm_cnn_loads_what_main_py_pre_trained(tmp_path):
+    """The pre-trainable CNN row: main.py's checkpoint of the quarter-width ResNet-18-D goes into
+    MMSegmentation's TIMMBackbone whole (every stage tensor equal), the classifier left out."""
+    import timm
+    import torch
+    pytest.importorskip('mmseg')
+    import dense_small_data
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    spec = dense_small_data.BACKBONES['resnet18d_quarter']
+    assert spec.tasks == ('seg',) and spec.timm_model == 'resnet18d'
+    classifier = timm.create_model(spec.timm_model, num_classes=11, **spec.timm_kwargs)
+    assert 0.7e6 < sum(p.numel() for p in classifier.parameters()) < 0.8e6  # the same size as ResNetV1c-18 / 4
+    torch.save({'model': classifier.state_dict(), 'epoch': 59}, tmp_path / 'checkpoint.pth')
+    path = tmp_path / 'config.py'
+    path.write_text(dense_small_data.segmentation_config(tmp_path, 'resnet18d_quarter', tmp_path / 'checkpoint.pth',
+                                                         300, 0, 2e-3, 0.0))
+    cfg = Config.fromfile(str(path))
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    loaded = model.backbone.timm_model.state_dict()
+    assert loaded and all(torch.equal(tensor, classifier.state_dict()[name]) for name, tensor in loaded.items())
+    features = model.extract_feat(torch.zeros(1, 3, 128, 128))
+    assert [f.shape[-1] for f in features] == [32, 16, 8, 4]
