@@ -49,12 +49,12 @@ CLASSES = tuple(f'texture_{i:02d}' for i in range(11))
 DET_CLASSES = 8  # detection: the first eight textures are objects, the last three only backgrounds
 
 
-
 @dataclass(frozen=True)
 class Backbone:
     """One row's backbone: `config` holds model.backbone's arguments ({drop_path} filled in); `timm_model` and
     `timm_kwargs` are what classification/main.py pre-trains (None: no pre-trained rows); `timm_features`: a
-    timm model inside MMSegmentation's TIMMBackbone, which loads a pre-trained file by timm's rules."""
+    timm model inside MMSegmentation's TIMMBackbone, which loads a pre-trained file by timm's rules
+    (`check_timm_checkpoint` first: timm skips what the file lacks without a word)."""
     config: str
     timm_model: Optional[str] = None
     timm_kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -231,12 +231,28 @@ def pretrain(out: Path, model: str, epochs: int, model_kwargs: Dict[str, Any]) -
     return checkpoint
 
 
+def check_timm_checkpoint(spec: Backbone, checkpoint: Path) -> None:
+    """Stop unless `checkpoint` holds every tensor of the timm backbone's feature model at its shape: timm's
+    features loader would leave the rest randomly initialised and say nothing."""
+    import timm
+
+    from scalablevit.checkpoint import load_state_dict
+    weights = load_state_dict(str(checkpoint))
+    features = timm.create_model(spec.timm_model, features_only=True, **spec.timm_kwargs).state_dict()
+    wrong = [name for name, tensor in features.items()
+             if name not in weights or weights[name].shape != tensor.shape]
+    if wrong:
+        raise SystemExit(f'{checkpoint} lacks {len(wrong)} of the {len(features)} tensors of {spec.timm_model} '
+                         f'{spec.timm_kwargs} (or has them at another shape), e.g. {wrong[:3]}: is it this '
+                         f'model\'s pre-training?')
+
+
 def backbone_config(backbone: str, pretrained: Optional[Path], drop_path: float, **backbone_kwargs: Any) -> str:
     """`model.backbone` of the fine-tuning configs; `backbone_kwargs` are the ablations' extra backbone
     arguments (e.g. norm_outputs=False, out_indices=(1, 2, 3))."""
     spec = BACKBONES[backbone]
     extra = ''.join(f', {key}={value!r}' for key, value in backbone_kwargs.items())
-    if spec.timm_features:  # timm's loader: the classifier is dropped, a missing or unused tensor is an error
+    if spec.timm_features:  # timm's loader (the classifier is dropped)
         init = (f"pretrained=True, pretrained_cfg_overlay=dict(file='{pretrained}')" if pretrained
                 else 'pretrained=False')
     else:
@@ -432,6 +448,8 @@ def main() -> None:
                 architecture = {k: v for k, v in values.items() if k not in FINE_TUNING_KEYS}
                 pretrained = pretrain(out, spec.timm_model, args.pretrain_epochs,
                                       dict(spec.timm_kwargs, **architecture))
+                if spec.timm_features:
+                    check_timm_checkpoint(spec, pretrained)
             config = make_config(out, backbone, pretrained, args.iters, seed, **values)
             result = fine_tune(out, task, key.replace('/', '_'), config, args.iters)
             add_result(results_path, key, result)

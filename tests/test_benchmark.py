@@ -206,7 +206,8 @@ def test_small_data_config_swaps_only_the_backbone(tmp_path, backbone, task):
 
 def test_small_data_timm_cnn_loads_what_main_py_pre_trained(tmp_path):
     """The pre-trainable CNN row: main.py's checkpoint of the quarter-width ResNet-18-D goes into
-    MMSegmentation's TIMMBackbone whole (every stage tensor equal), the classifier left out."""
+    MMSegmentation's TIMMBackbone whole (every stage tensor equal), the classifier left out; a checkpoint that
+    lacks tensors is refused before fine-tuning."""
     import timm
     import torch
     pytest.importorskip('mmseg')
@@ -220,6 +221,11 @@ def test_small_data_timm_cnn_loads_what_main_py_pre_trained(tmp_path):
     classifier = timm.create_model(spec.timm_model, num_classes=11, **spec.timm_kwargs)
     assert 0.7e6 < sum(p.numel() for p in classifier.parameters()) < 0.8e6  # the same size as ResNetV1c-18 / 4
     torch.save({'model': classifier.state_dict(), 'epoch': 59}, tmp_path / 'checkpoint.pth')
+    dense_small_data.check_timm_checkpoint(spec, tmp_path / 'checkpoint.pth')
+    partial = {k: v for k, v in classifier.state_dict().items() if not k.startswith('layer4.')}
+    torch.save({'model': partial}, tmp_path / 'partial.pth')  # timm itself would load it without a word
+    with pytest.raises(SystemExit, match='lacks 30 of the 138 tensors'):
+        dense_small_data.check_timm_checkpoint(spec, tmp_path / 'partial.pth')
     path = tmp_path / 'config.py'
     path.write_text(dense_small_data.segmentation_config(tmp_path, 'resnet18d_quarter', tmp_path / 'checkpoint.pth',
                                                          300, 0, 2e-3, 0.0))
