@@ -15,7 +15,7 @@ right half, so no pixel of a validation image was seen in training.
 
     python benchmarks/dense_small_data.py --out work/small_data [--tasks seg det] [--backbones ...] [--seeds 0 1 2]
 
-writes the data, pre-trains each transformer backbone once with classification/main.py, fine-tunes Semantic FPN
+writes the data, pre-trains each backbone with a timm model once with classification/main.py, fine-tunes Semantic FPN
 (`seg`: the demo config's neck and head at 64 channels, AdamW lr 2e-3, batch 4, poly decay) and RetinaNet
 (`det`: the demo config's, neck and head at 64 channels, AdamW lr 1e-3) for every backbone x setting x seed
 through the task's train.py, evaluates the last checkpoint on the validation and on the training images (test.py),
