@@ -51,10 +51,11 @@ DET_CLASSES = 8  # detection: the first eight textures are objects, the last thr
 
 @dataclass(frozen=True)
 class Backbone:
-    """One row's backbone: `config` holds model.backbone's arguments ({drop_path} filled in); `timm_model` and
-    `timm_kwargs` are what classification/main.py pre-trains (None: no pre-trained rows); `timm_features`: a
-    timm model inside MMSegmentation's TIMMBackbone, which loads a pre-trained file by timm's rules
-    (`check_timm_checkpoint` first: timm skips what the file lacks without a word)."""
+    """One row's backbone: `config` holds model.backbone's arguments ({drop_path} filled in); `timm_model` is what
+    classification/main.py pre-trains (None: no pre-trained rows); `timm_kwargs` are architecture arguments given
+    to both pre-training and model.backbone; `timm_features`: a timm model inside MMSegmentation's TIMMBackbone,
+    which loads a pre-trained file by timm's rules (`check_timm_checkpoint` first: timm skips what the file lacks
+    without a word)."""
     config: str
     timm_model: Optional[str] = None
     timm_kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -76,8 +77,7 @@ BACKBONES: Dict[str, Backbone] = {
     # the same CNN as a timm model (ResNet-18-D: deep stem, average-pool shortcuts), so that main.py pre-trains
     # it like the transformers; MMSegmentation only (TIMMBackbone)
     'resnet18d_quarter': Backbone("type='TIMMBackbone', model_name='resnet18d', features_only=True, "
-                                  f"out_indices=(1, 2, 3, 4), channels={QUARTER_RESNET_D['channels']}, "
-                                  f"stem_width={QUARTER_RESNET_D['stem_width']}", 'resnet18d', QUARTER_RESNET_D,
+                                  "out_indices=(1, 2, 3, 4)", 'resnet18d', QUARTER_RESNET_D,
                                   timm_features=True, tasks=('seg',)),
 }
 
@@ -251,7 +251,7 @@ def backbone_config(backbone: str, pretrained: Optional[Path], drop_path: float,
     """`model.backbone` of the fine-tuning configs; `backbone_kwargs` are the ablations' extra backbone
     arguments (e.g. norm_outputs=False, out_indices=(1, 2, 3))."""
     spec = BACKBONES[backbone]
-    extra = ''.join(f', {key}={value!r}' for key, value in backbone_kwargs.items())
+    extra = ''.join(f', {key}={value!r}' for key, value in dict(spec.timm_kwargs, **backbone_kwargs).items())
     if spec.timm_features:  # timm's loader (the classifier is dropped)
         init = (f"pretrained=True, pretrained_cfg_overlay=dict(file='{pretrained}')" if pretrained
                 else 'pretrained=False')
@@ -428,6 +428,9 @@ def main() -> None:
     if 'det' in args.tasks:
         make_detection_data(out)
     results_path = out / 'results.json'
+    for task, backbone in itertools.product(args.tasks, args.backbones):
+        if task not in BACKBONES[backbone].tasks:
+            print(f'{backbone}: {"/".join(BACKBONES[backbone].tasks)} only, no {task} rows', flush=True)
     for task, backbone, setting in itertools.product(args.tasks, args.backbones, args.settings):
         name, _, options = setting.partition(':')
         base, _, overrides = options.partition(':') if options else (name, '', '')
