@@ -20,7 +20,8 @@ writes the data, pre-trains each backbone with a timm model once with classifica
 (`det`: the demo config's, neck and head at 64 channels, AdamW lr 1e-3) for every backbone x setting x seed
 through the task's train.py, evaluates the last checkpoint on the validation and on the training images (test.py),
 and prints mIoU / mAP@0.5 (mean and spread over seeds); results go to OUT/results.json, so an interrupted run
-continues where it stopped, and runs of other settings may share OUT. Needs scikit-learn (requirements-dev.txt).
+continues where it stopped (a stopped fine-tuning from its checkpoint with train.py's --resume: same schedule,
+other augmentation draws), and runs of other settings may share OUT. Needs scikit-learn (requirements-dev.txt).
 """
 import argparse
 import ast
@@ -371,8 +372,10 @@ def fine_tune(out: Path, task: str, name: str, config: str, iters: int) -> Dict[
     work = out / 'runs' / name
     work.mkdir(parents=True, exist_ok=True)
     (work / 'config.py').write_text(config)
-    with open(work / 'train.log', 'w') as f:
-        subprocess.run([sys.executable, 'train.py', str(work / 'config.py'), '--work-dir', str(work)],
+    # a run stopped by a signal (or killed after a checkpoint) continues from its last checkpoint
+    resume = ['--resume'] if (work / 'last_checkpoint').exists() else []
+    with open(work / 'train.log', 'a') as f:
+        subprocess.run([sys.executable, 'train.py', str(work / 'config.py'), '--work-dir', str(work), *resume],
                        cwd=ROOT / driver, check=True, stdout=f, stderr=subprocess.STDOUT)
     scalars = sorted(work.glob('*/vis_data/scalars.json'))[-1]
     lines = [json.loads(line) for line in scalars.read_text().splitlines()]
