@@ -377,8 +377,10 @@ def fine_tune(out: Path, task: str, name: str, config: str, iters: int) -> Dict[
     with open(work / 'train.log', 'a') as f:
         subprocess.run([sys.executable, 'train.py', str(work / 'config.py'), '--work-dir', str(work), *resume],
                        cwd=ROOT / driver, check=True, stdout=f, stderr=subprocess.STDOUT)
-    scalars = sorted(work.glob('*/vis_data/scalars.json'))[-1]
-    lines = [json.loads(line) for line in scalars.read_text().splitlines()]
+    # every session of the run in order (a resumed run logs into a new timestamp folder; one resumed at its
+    # last iteration logs nothing)
+    lines = [json.loads(line) for scalars in sorted(work.glob('*/vis_data/scalars.json'))
+             for line in scalars.read_text().splitlines()]
     # (MMDetection's CocoMetric reports nothing when no box scores above the threshold: mAP 0 then)
     result = dict(val=([line[metric] for line in lines if metric in line] or [0.])[-1])
     fit = work / 'fit'
